@@ -20,6 +20,7 @@ def atomic_write(path, mode="wb"):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -44,3 +45,9 @@ def _fsync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,135 @@
+"""The array backend: which array module (``xp``) the model computes with, in which dtype, with
+which seeded random generator.
+
+NumPy runs on the CPU; CuPy runs the same code on a CUDA GPU. This is the only module that imports
+CuPy. Compute modules (layers, gaussian, likelihoods, model, optim) never import numpy or cupy
+themselves: they use ``backend.xp`` and ``backend.special`` of the Backend they were built with.
+"""
+
+import numpy as np
+import scipy.special
+
+from .errors import BackendUnavailable
+
+BACKEND_NAMES = ("numpy", "cupy", "auto")
+DTYPES = ("float32", "float64")
+
+_CUPY_INSTALL_HINT = (
+    "install CuPy for your CUDA version with `pip install minivae[cuda12]` or `pip install minivae[cuda13]`, "
+    "or run on the CPU with --backend numpy"
+)
+
+
+class Backend:
+    """One array module, its special functions, a dtype and a seeded random generator.
+
+    Attributes:
+        name: "numpy" or "cupy" (or the name of a test double).
+        xp: the array module (``numpy`` or ``cupy``).
+        special: ``scipy.special`` or ``cupyx.scipy.special``.
+        dtype: the floating dtype every array of the model is created in.
+        rng: a ``Generator`` of ``xp.random``, seeded once; a seed reproduces a NumPy run bit for bit.
+    """
+
+    def __init__(self, name, xp, special, dtype="float32", seed=0):
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.name = name
+        self.xp = xp
+        self.special = special
+        self.dtype = xp.dtype(str(dtype))
+        self.seed = seed
+        self.rng = xp.random.default_rng(seed)
+
+    def __repr__(self):
+        return f"Backend({self.name!r}, dtype={self.dtype.name!r}, seed={self.seed})"
+
+    def standard_normal(self, shape):
+        """Draw N(0, 1) noise of ``shape`` in the backend's dtype (the eps of eq. (5))."""
+        return self.rng.standard_normal(shape, dtype=self.dtype)
+
+    def uniform(self, shape):
+        """Draw U[0, 1) values of ``shape`` in the backend's dtype."""
+        return self.rng.random(shape, dtype=self.dtype)
+
+    def permutation(self, n):
+        """A random permutation of ``range(n)`` as a device index array (argsort of uniforms)."""
+        return self.xp.argsort(self.rng.random(n))
+
+    def zeros(self, shape):
+        return self.xp.zeros(shape, dtype=self.dtype)
+
+    def to_device(self, array):
+        """Copy a host (NumPy) array to the backend's device, in the backend's dtype. Explicit, never hidden."""
+        return self.xp.asarray(array, dtype=self.dtype)
+
+    def to_numpy(self, array):
+        """Copy a backend array (or a 0-d result) back to the host as a NumPy array."""
+        if hasattr(array, "get"):
+            return array.get()
+        return np.asarray(array)
+
+    def synchronize(self):
+        """Wait for queued device work to finish (for honest timings); a no-op on the CPU."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def rng_state(self):
+        """The random generator's state as a JSON-serialisable dict (NumPy only)."""
+        if self.name != "numpy":
+            raise BackendUnavailable(f"saving the random state of the {self.name} backend is not supported")
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        """Restore a state returned by ``rng_state`` (NumPy only)."""
+        if self.name != "numpy":
+            raise BackendUnavailable(f"restoring the random state of the {self.name} backend is not supported")
+        self.rng.bit_generator.state = state
+
+
+def numpy_backend(dtype="float32", seed=0):
+    """The CPU backend: NumPy with scipy.special."""
+    return Backend("numpy", np, scipy.special, dtype=dtype, seed=seed)
+
+
+def cupy_backend(dtype="float32", seed=0):
+    """The GPU backend: CuPy with cupyx.scipy.special. Raises BackendUnavailable, with one line
+    saying what is missing and how to fix it, when CuPy does not import or sees no CUDA device."""
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(f"cannot use the cupy backend: {reason}; {_CUPY_INSTALL_HINT}")
+    import cupy
+    import cupyx.scipy.special
+
+    return Backend("cupy", cupy, cupyx.scipy.special, dtype=dtype, seed=seed)
+
+
+def cupy_unavailable_reason():
+    """None when CuPy imports and sees at least one CUDA device; otherwise why not, in a few words."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"CuPy is not installed ({exc})"
+    except Exception as exc:  # a broken CUDA install can raise anything at import time
+        return f"CuPy failed to import ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"CuPy is installed but cannot reach a CUDA device ({type(exc).__name__}: {exc})"
+    if count == 0:
+        return "CuPy is installed but no CUDA device is visible"
+    return None
+
+
+def get_backend(name="auto", dtype="float32", seed=0):
+    """Build a Backend by name: "numpy", "cupy", or "auto" (CuPy only when it imports and a CUDA
+    device is visible, otherwise NumPy)."""
+    if name == "numpy":
+        return numpy_backend(dtype, seed)
+    if name == "cupy":
+        return cupy_backend(dtype, seed)
+    if name == "auto":
+        if cupy_unavailable_reason() is None:
+            return cupy_backend(dtype, seed)
+        return numpy_backend(dtype, seed)
+    raise ValueError(f"unknown backend {name!r}: choose one of {BACKEND_NAMES}")

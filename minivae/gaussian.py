@@ -1,0 +1,70 @@
+"""The diagonal Gaussian posterior q(z|x) = N(mu, diag exp(logvar)) and the prior p(z) = N(0, I).
+
+Shapes: mu, logvar: (B, J). With L samples per datapoint, eps has shape (L, B, J) and z is returned
+as (L*B, J): the L copies of the batch stacked along the rows, sample-major (rows l*B .. l*B+B-1
+hold sample l of every datapoint).
+"""
+
+import math
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def as_samples(eps, mu):
+    """View eps as (L, B, J); a (B, J) eps is one sample per datapoint (L = 1)."""
+    return eps.reshape((-1,) + tuple(mu.shape))
+
+
+def reparameterize(xp, mu, logvar, eps):
+    """Eq. (5): ``z = mu + eps * exp(0.5 * logvar)``, eps ~ N(0, I) held fixed.
+
+    mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> z: (L*B, J).
+    """
+    eps = as_samples(eps, mu)
+    std = xp.exp(0.5 * logvar)
+    z = mu + eps * std
+    return z.reshape(-1, mu.shape[1])
+
+
+def reparameterize_backward(xp, dz, logvar, eps):
+    """Eq. (16), summed over the L samples as in eq. (18):
+    ``dmu = sum_l dz_l``, ``dlogvar = sum_l dz_l * eps_l * 0.5 * exp(0.5 * logvar)``.
+
+    dz: (L*B, J); logvar: (B, J); eps: (L, B, J) or (B, J) -> (dmu, dlogvar), each (B, J).
+    """
+    eps = as_samples(eps, logvar)
+    dz = dz.reshape(eps.shape)
+    dmu = dz.sum(axis=0)
+    dlogvar = (dz * eps).sum(axis=0) * (0.5 * xp.exp(0.5 * logvar))
+    return dmu, dlogvar
+
+
+def kl_divergence(xp, mu, logvar):
+    """Eq. (7), per datapoint: ``KL(N(mu, diag exp(logvar)) || N(0, I))
+    = -0.5 * sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))``.
+
+    mu, logvar: (B, J) -> (B,).
+    """
+    return -0.5 * (1 + logvar - mu * mu - xp.exp(logvar)).sum(axis=1)
+
+
+def kl_divergence_backward(xp, mu, logvar, dkl=None):
+    """Eq. (17): ``dKL/dmu = mu``, ``dKL/dlogvar = 0.5 * (exp(logvar) - 1)``, times the upstream
+    gradient of each datapoint's KL.
+
+    mu, logvar: (B, J); dkl: (B,) or None (meaning ones, the gradient of the sum) -> (dmu, dlogvar).
+    """
+    dmu = mu
+    dlogvar = 0.5 * (xp.exp(logvar) - 1)
+    if dkl is None:
+        return dmu.copy(), dlogvar
+    return dmu * dkl[:, None], dlogvar * dkl[:, None]
+
+
+def gaussian_log_density(xp, z, mu, logvar):
+    """Eq. (21): ``log N(z; mu, diag exp(logvar)) = -0.5 * sum_j (log 2pi + logvar_j
+    + (z_j - mu_j)^2 / exp(logvar_j))``, per row. With mu = 0, logvar = 0 it is the prior log p(z).
+
+    z, mu, logvar: broadcastable to (..., J) -> (...,).
+    """
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * xp.exp(-logvar)).sum(axis=-1)

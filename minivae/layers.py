@@ -1,0 +1,182 @@
+"""Layers with hand-written forward and backward passes.
+
+Conventions (docs/derivation.md, "Notation"):
+- Batches are row-major: ``x`` has shape (B, features). ``Linear`` computes ``y = x @ W + b`` with
+  ``W`` of shape (in, out).
+- ``forward(x)`` stores on the layer exactly what ``backward`` needs (its cache, one slot,
+  overwritten by the next ``forward``). ``backward`` before any ``forward`` raises.
+- ``backward(dy)`` returns ``dx = dLoss/dx`` and **overwrites** (never accumulates) each of the
+  layer's parameter gradients, in place, so ``parameter.grad`` stays the same array object.
+- No operation changes the dtype it is given, and no forward or backward mutates its arguments.
+"""
+
+import math
+
+
+class Parameter:
+    """A trainable array with its gradient and its qualified name (e.g. ``encoder.0.W``)."""
+
+    __slots__ = ("name", "data", "grad")
+
+    def __init__(self, name, data):
+        self.name = name
+        self.data = data
+        self.grad = data * 0
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+class Layer:
+    """Base class: a layer has a name, parameters (maybe none), forward and backward."""
+
+    def __init__(self, name=""):
+        self.name = name
+        self._cache = None
+
+    def parameters(self):
+        return []
+
+    def _saved(self):
+        """The cache written by the last forward; raises if backward is called before forward."""
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__} {self.name!r}: backward called before forward")
+        return self._cache
+
+    def __call__(self, x):
+        return self.forward(x)
+
+
+class Linear(Layer):
+    """Affine map ``y = x W + b`` (eq. (4), (6)); x: (B, in), W: (in, out), b: (out,), y: (B, out).
+
+    Initialised as PyTorch's ``nn.Linear``: W and b uniform in [-1/sqrt(in), 1/sqrt(in)].
+    ``needs_input_grad = False`` skips ``dx`` (for the first layer, whose input is the data).
+    """
+
+    def __init__(self, in_features, out_features, backend, name=""):
+        super().__init__(name)
+        self.xp = backend.xp
+        bound = 1.0 / math.sqrt(in_features)
+        W = (backend.uniform((in_features, out_features)) * 2 - 1) * bound
+        b = (backend.uniform((out_features,)) * 2 - 1) * bound
+        self.W = Parameter(f"{name}.W", W)
+        self.b = Parameter(f"{name}.b", b)
+        self.needs_input_grad = True
+
+    def parameters(self):
+        return [self.W, self.b]
+
+    def forward(self, x):
+        self._cache = x
+        return x @ self.W.data + self.b.data
+
+    def backward(self, dy):
+        """Eq. (12): ``dW = x^T dy``, ``db = sum_rows dy``, ``dx = dy W^T``.
+
+        dy: (B, out) -> dx: (B, in), or None when ``needs_input_grad`` is False.
+        """
+        x = self._saved()
+        self.xp.matmul(x.T, dy, out=self.W.grad)
+        dy.sum(axis=0, out=self.b.grad)
+        if not self.needs_input_grad:
+            return None
+        return dy @ self.W.data.T
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)`` elementwise."""
+
+    def forward(self, x):
+        y = x * (x > 0)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """Eq. (13): ``dx = dy * [x > 0]`` (the subgradient at 0 is taken as 0); uses the saved y,
+        which is positive exactly where x is."""
+        y = self._saved()
+        return dy * (y > 0)
+
+
+class Tanh(Layer):
+    """``y = tanh(x)`` elementwise."""
+
+    def __init__(self, backend, name=""):
+        super().__init__(name)
+        self.xp = backend.xp
+
+    def forward(self, x):
+        y = self.xp.tanh(x)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """Eq. (14): ``dx = dy * (1 - y^2)`` with the saved output y."""
+        y = self._saved()
+        return dy * (1 - y * y)
+
+
+class Sigmoid(Layer):
+    """``y = 1 / (1 + exp(-x))`` elementwise (computed by the backend's stable ``expit``)."""
+
+    def __init__(self, backend, name=""):
+        super().__init__(name)
+        self.special = backend.special
+
+    def forward(self, x):
+        y = self.special.expit(x)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """Eq. (15): ``dx = dy * y * (1 - y)`` with the saved output y."""
+        y = self._saved()
+        return dy * y * (1 - y)
+
+
+class Sequential(Layer):
+    """Layers applied in order; backward runs them in reverse."""
+
+    def __init__(self, layers, name=""):
+        super().__init__(name)
+        self.layers = list(layers)
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        """The chain rule: each layer's backward feeds the one before it."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+
+
+def activation(kind, backend, name=""):
+    """An activation layer by name: "relu", "tanh" or "sigmoid"."""
+    if kind == "relu":
+        return ReLU(name)
+    if kind == "tanh":
+        return Tanh(backend, name)
+    if kind == "sigmoid":
+        return Sigmoid(backend, name)
+    raise ValueError(f"unknown activation {kind!r}: choose one of {ACTIVATIONS}")
+
+
+def mlp(sizes, activation_kind, backend, name):
+    """A Sequential of Linear layers of the given sizes with an activation between them (none after
+    the last). Layers are numbered like PyTorch's nn.Sequential: ``{name}.0`` is the first Linear."""
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        if layers:
+            layers.append(activation(activation_kind, backend, f"{name}.{len(layers)}"))
+        layers.append(Linear(n_in, n_out, backend, f"{name}.{len(layers)}"))
+    return Sequential(layers, name)

@@ -1,0 +1,95 @@
+"""Decoder likelihoods p(x|z): their negative log-likelihood (NLL) per datapoint and its gradient
+with respect to the decoder's output.
+
+Both take the decoder output ``out`` and the data ``x`` of shape (N, D) and return per-row values
+of shape (N,). ``nll_and_grad`` returns the NLL and ``d(sum of NLL)/d out`` together, sharing the
+intermediate arrays (this is what the training step calls).
+"""
+
+import math
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+class Bernoulli:
+    """Independent Bernoulli pixels with probabilities sigmoid(logits); the decoder outputs logits.
+
+    Works for x in [0, 1] (binary or grey levels: the NLL is then the binary cross-entropy, as in
+    the classic PyTorch VAE example). Never forms log(sigmoid(l)): the stable forms below stay
+    finite for logits of +-1e4 and beyond.
+    """
+
+    name = "bernoulli"
+
+    def __init__(self, backend):
+        self.xp = backend.xp
+        self.special = backend.special
+
+    def nll(self, logits, x):
+        """Eq. (8): ``NLL = sum_d softplus(l_d) - x_d * l_d``, with
+        ``softplus(l) = max(l, 0) + log1p(exp(-|l|))``. logits, x: (N, D) -> (N,)."""
+        return self._nll(logits, x, self.xp.exp(-self.xp.abs(logits)))
+
+    def nll_and_grad(self, logits, x):
+        """Eq. (8) and eq. (10): the NLL per row and ``dNLL/dlogits = sigmoid(l) - x``.
+
+        logits, x: (N, D) -> (nll (N,), dlogits (N, D)).
+        """
+        xp = self.xp
+        exp_neg_abs = xp.exp(-xp.abs(logits))  # in (0, 1]: never overflows
+        nll = self._nll(logits, x, exp_neg_abs)
+        # sigmoid(l) = 1 / (1 + e^{-l}) for l >= 0 and e^{l} / (1 + e^{l}) for l < 0, both from e^{-|l|}
+        sigmoid = xp.where(logits >= 0, 1, exp_neg_abs) / (1 + exp_neg_abs)
+        return nll, sigmoid - x
+
+    def _nll(self, logits, x, exp_neg_abs):
+        softplus = self.xp.maximum(logits, 0) + self.xp.log1p(exp_neg_abs)
+        return (softplus - x * logits).sum(axis=1)
+
+    def mean(self, logits):
+        """The pixel means sigmoid(logits), in [0, 1]."""
+        return self.special.expit(logits)
+
+
+class Gaussian:
+    """Independent Gaussian values N(x; y, s2) with a fixed variance s2; the decoder outputs the mean y.
+
+    With s2 = 1 this is half the squared error plus a constant: the MSE case.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, backend, variance=1.0):
+        if not variance > 0:
+            raise ValueError(f"the Gaussian likelihood's variance must be > 0, got {variance}")
+        self.xp = backend.xp
+        self.variance = float(variance)
+        self.log_norm = 0.5 * math.log(2 * math.pi * self.variance)
+
+    def nll(self, y, x):
+        """Eq. (9): ``NLL = sum_d 0.5 * (x_d - y_d)^2 / s2 + 0.5 * log(2 pi s2)``. y, x: (N, D) -> (N,)."""
+        return self._nll(y - x)
+
+    def nll_and_grad(self, y, x):
+        """Eq. (9) and eq. (11): the NLL per row and ``dNLL/dy = (y - x) / s2``.
+
+        y, x: (N, D) -> (nll (N,), dy (N, D)).
+        """
+        residual = y - x
+        return self._nll(residual), residual * (1 / self.variance)
+
+    def _nll(self, residual):
+        return (residual * residual).sum(axis=1) * (0.5 / self.variance) + residual.shape[1] * self.log_norm
+
+    def mean(self, y):
+        """The decoder output is the mean itself."""
+        return y
+
+
+def make_likelihood(name, backend, variance=1.0):
+    """A likelihood by name: "bernoulli" or "gaussian" (with its fixed variance)."""
+    if name == "bernoulli":
+        return Bernoulli(backend)
+    if name == "gaussian":
+        return Gaussian(backend, variance)
+    raise ValueError(f"unknown likelihood {name!r}: choose one of {LIKELIHOODS}")

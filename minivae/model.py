@@ -1,0 +1,139 @@
+"""The Variational Autoencoder of Kingma & Welling, as in the classic PyTorch example.
+
+    x -> encoder MLP -> [mu, logvar]            eq. (4)
+      -> z = mu + eps * exp(0.5 * logvar)       eq. (5)
+      -> decoder MLP -> logits (or the mean y)  eq. (6)
+    loss = sum over the batch of NLL(x|z) + KL  eq. (3), (7), (8)/(9)
+
+``loss_and_backward`` walks the same path back by hand (eq. (10)-(18)), leaving every parameter's
+``grad`` set. Losses are **sums** over the batch (report them per sample by dividing by B).
+"""
+
+from collections import namedtuple
+
+from .backend import numpy_backend
+from .gaussian import kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
+from .layers import mlp
+from .likelihoods import make_likelihood
+
+LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
+LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and their sum, each summed over
+the batch (0-d arrays of the backend; ``float()`` brings one to the host)."""
+
+
+class VAE:
+    """A VAE with MLP encoder and decoder.
+
+    Args:
+        input_dim: D, the number of values per datapoint (784 for 28x28 images).
+        hidden: the encoder's hidden widths, e.g. (400,) or (512, 256).
+        latent_dim: J, the size of z.
+        decoder_hidden: the decoder's hidden widths; defaults to ``hidden`` reversed.
+        activation: "relu", "tanh" or "sigmoid" between the Linear layers.
+        likelihood: "bernoulli" (decoder outputs logits, x in [0, 1]) or "gaussian" (decoder outputs
+            the mean of N(x; y, variance)).
+        variance: the fixed variance s2 of the Gaussian likelihood.
+        n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
+        backend: a Backend (default: NumPy, float32, seed 0).
+    """
+
+    def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
+                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None):
+        self.backend = backend if backend is not None else numpy_backend()
+        hidden = tuple(int(h) for h in hidden)
+        decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)
+        for what, value in [("input_dim", input_dim), ("latent_dim", latent_dim), ("n_samples", n_samples)]:
+            if int(value) < 1:
+                raise ValueError(f"{what} must be >= 1, got {value}")
+        if any(h < 1 for h in hidden + decoder_hidden):
+            raise ValueError(f"hidden sizes must be >= 1, got {hidden} and {decoder_hidden}")
+        self.config = {
+            "input_dim": int(input_dim), "hidden": list(hidden), "latent_dim": int(latent_dim),
+            "decoder_hidden": list(decoder_hidden), "activation": activation, "likelihood": likelihood,
+            "variance": float(variance), "n_samples": int(n_samples),
+        }
+        self.latent_dim = int(latent_dim)
+        self.n_samples = int(n_samples)
+        self.likelihood = make_likelihood(likelihood, self.backend, variance)
+        # The encoder's last Linear is the fused head: 2J outputs, [mu | logvar] (eq. (4)).
+        self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
+        self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
+        self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+
+    def parameters(self):
+        """Every trainable Parameter, encoder first, in a fixed order."""
+        return self.encoder.parameters() + self.decoder.parameters()
+
+    def encode(self, x):
+        """Eq. (4): x (B, D) -> (mu, logvar), each (B, J)."""
+        head = self.encoder.forward(x)
+        return head[:, :self.latent_dim], head[:, self.latent_dim:]
+
+    def decode(self, z):
+        """Eq. (6) and the likelihood's mean: z (N, J) -> the mean of p(x|z), (N, D)."""
+        return self.likelihood.mean(self.decoder.forward(z))
+
+    def reconstruct(self, x, use_mean=True):
+        """Decode the posterior mean (``use_mean``) or one sample of z: x (B, D) -> (B, D)."""
+        mu, logvar = self.encode(x)
+        if use_mean:
+            return self.decode(mu)
+        return self.decode(reparameterize(self.backend.xp, mu, logvar, self.backend.standard_normal(mu.shape)))
+
+    def sample(self, n):
+        """Means of p(x|z) for n draws z ~ N(0, I): (n, D)."""
+        return self.decode(self.backend.standard_normal((n, self.latent_dim)))
+
+    def draw_eps(self, batch_size):
+        """Fresh noise eps ~ N(0, I) of shape (L, B, J)."""
+        return self.backend.standard_normal((self.n_samples, batch_size, self.latent_dim))
+
+    def elbo_terms(self, x, eps=None, use_mean=False):
+        """The per-datapoint terms of the negative ELBO, forward only.
+
+        x: (B, D); eps: (L, B, J) or (B, J), drawn when None; ``use_mean`` decodes z = mu instead
+        (the deterministic test loss). Returns (reconstruction (B,), kl (B,)): the reconstruction
+        NLL averaged over the L samples (eq. (3)) and the KL (eq. (7)).
+        """
+        xp = self.backend.xp
+        mu, logvar = self.encode(x)
+        if use_mean:
+            z, n_samples = mu, 1
+        else:
+            eps = self.draw_eps(x.shape[0]) if eps is None else eps
+            z = reparameterize(xp, mu, logvar, eps)
+            n_samples = z.shape[0] // x.shape[0]
+        nll = self.likelihood.nll(self.decoder.forward(z), self._repeat(x, n_samples))
+        reconstruction = nll.reshape(n_samples, -1).mean(axis=0)
+        return reconstruction, kl_divergence(xp, mu, logvar)
+
+    def loss_and_backward(self, x, eps=None):
+        """One forward and hand-written backward pass over a batch.
+
+        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed).
+        Returns LossTerms summed over the batch, and overwrites every parameter's ``grad`` with
+        d(total)/d(parameter).
+        """
+        xp = self.backend.xp
+        batch_size = x.shape[0]
+        eps = self.draw_eps(batch_size) if eps is None else eps
+        mu, logvar = self.encode(x)                                    # eq. (4)
+        z = reparameterize(xp, mu, logvar, eps)                        # eq. (5)
+        n_samples = z.shape[0] // batch_size
+        out = self.decoder.forward(z)                                  # eq. (6)
+        nll, dout = self.likelihood.nll_and_grad(out, self._repeat(x, n_samples))  # eq. (8)-(11)
+        kl = kl_divergence(xp, mu, logvar)                             # eq. (7)
+        if n_samples > 1:
+            dout *= 1.0 / n_samples                                    # the 1/L of eq. (3)
+        dz = self.decoder.backward(dout)                               # eq. (12)-(15)
+        dmu_rec, dlogvar_rec = reparameterize_backward(xp, dz, logvar, eps)  # eq. (16)
+        dmu_kl, dlogvar_kl = kl_divergence_backward(xp, mu, logvar)    # eq. (17)
+        dhead = xp.concatenate([dmu_rec + dmu_kl, dlogvar_rec + dlogvar_kl], axis=1)  # eq. (18)
+        self.encoder.backward(dhead)
+        reconstruction = nll.sum() / n_samples
+        kl_sum = kl.sum()
+        return LossTerms(reconstruction, kl_sum, reconstruction + kl_sum)
+
+    def _repeat(self, x, n_samples):
+        """x stacked n_samples times along the rows, to line up with z's sample-major rows."""
+        return x if n_samples == 1 else self.backend.xp.tile(x, (n_samples, 1))

@@ -1,0 +1,28 @@
+"""Shared test set-up: Hypothesis profiles and the one backend fixture every test body runs on."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from minivae.backend import cupy_unavailable_reason, get_backend
+
+# `ci`: bounded examples and no deadline (shared 2-core runners time erratically). Selected when CI is set.
+settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `thorough`: for hunting rare failures by hand: pytest --hypothesis-profile=thorough
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+BACKEND_NAMES = ["numpy"] + (["cupy"] if cupy_unavailable_reason() is None else [])
+
+
+@pytest.fixture(params=BACKEND_NAMES, scope="session")
+def make_backend(request):
+    """A factory ``make_backend(dtype="float64", seed=0)`` for each available backend."""
+
+    def make(dtype="float64", seed=0):
+        return get_backend(request.param, dtype=dtype, seed=seed)
+
+    make.name = request.param
+    return make

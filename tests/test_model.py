@@ -1,0 +1,156 @@
+"""The whole VAE: the ELBO's gradient with respect to every parameter against finite differences (eps
+held fixed), dtype agreement, reproducibility."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from kinks import relu_input_margin
+from minivae.gaussian import reparameterize
+from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error
+from minivae.model import VAE
+
+widths = st.integers(1, 9)
+
+
+@given(n=st.integers(1, 6), d=widths, hidden=st.lists(widths, min_size=1, max_size=2), j=widths,
+       n_samples=st.integers(1, 3), likelihood=st.sampled_from(["bernoulli", "gaussian"]),
+       activation=st.sampled_from(["relu", "tanh", "sigmoid"]), seed=st.integers(0, 2**31 - 1))
+def test_vae_loss_gradient_for_every_parameter(make_backend, n, d, hidden, j, n_samples, likelihood, activation,
+                                               seed):
+    backend = make_backend("float64", seed)
+    model = VAE(d, hidden, j, activation=activation, likelihood=likelihood, variance=0.5, n_samples=n_samples,
+                backend=backend)
+    x = backend.uniform((n, d))
+    eps = model.draw_eps(n)
+    mu, logvar = model.encode(x)
+    z = reparameterize(backend.xp, mu, logvar, eps)
+    assume(min(relu_input_margin(model.encoder, x), relu_input_margin(model.decoder, z)) > 1e-3)
+    model.loss_and_backward(x, eps)
+    dtotal = float(backend.standard_normal(()))  # a random upstream gradient of the scalar loss
+
+    def f():
+        return model.elbo_terms(x, eps)
+
+    def total():
+        reconstruction, kl = f()
+        return (reconstruction + kl).sum()
+
+    for p in model.parameters():
+        assert gradient_error(total, p.data, p.grad * dtotal, dtotal) <= DEFAULT_TOLERANCE, p.name
+
+
+def test_loss_terms_agree_with_elbo_terms(make_backend):
+    backend = make_backend("float64", 4)
+    model = VAE(6, (5,), 3, n_samples=2, backend=backend)
+    x = backend.uniform((4, 6))
+    eps = model.draw_eps(4)
+    terms = model.loss_and_backward(x, eps)
+    reconstruction, kl = model.elbo_terms(x, eps)
+    assert float(terms.reconstruction) == pytest.approx(float(reconstruction.sum()), rel=1e-12)
+    assert float(terms.kl) == pytest.approx(float(kl.sum()), rel=1e-12)
+    assert float(terms.total) == pytest.approx(float(terms.reconstruction + terms.kl), rel=1e-12)
+
+
+def test_default_model_matches_the_pytorch_example(make_backend):
+    model = VAE(backend=make_backend("float32"))
+    shapes = {p.name: tuple(p.data.shape) for p in model.parameters()}
+    assert shapes == {"encoder.0.W": (784, 400), "encoder.0.b": (400,), "encoder.2.W": (400, 40),
+                      "encoder.2.b": (40,), "decoder.0.W": (20, 400), "decoder.0.b": (400,),
+                      "decoder.2.W": (400, 784), "decoder.2.b": (784,)}
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 652_824  # as the PyTorch example's model
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+
+
+def test_float32_and_float64_agree_to_float32_precision(make_backend):
+    models, losses = [], []
+    for dtype in ("float32", "float64"):
+        backend = make_backend(dtype, 123)
+        model = VAE(30, (20,), 4, backend=backend)
+        x = backend.to_device(np.random.default_rng(0).random((8, 30)))
+        eps = backend.to_device(np.random.default_rng(1).standard_normal((1, 8, 4)))
+        if models:  # the float64 model starts from the float32 model's (rounded) weights
+            for p32, p64 in zip(models[0].parameters(), model.parameters()):
+                p64.data[...] = backend.to_device(models[0].backend.to_numpy(p32.data))
+        losses.append(model.loss_and_backward(x, eps))
+        models.append(model)
+    for a, b in zip(*losses):
+        assert float(a) == pytest.approx(float(b), rel=1e-5)
+        assert a.dtype == np.float32 and b.dtype == np.float64
+    for p32, p64 in zip(models[0].parameters(), models[1].parameters()):
+        g32, g64 = (m.backend.to_numpy(p.grad) for m, p in ((models[0], p32), (models[1], p64)))
+        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4 * np.abs(g64).max())
+
+
+def test_a_seed_reproduces_a_run_bit_for_bit(make_backend):
+    from minivae.optim import Adam
+
+    def run(seed):
+        backend = make_backend("float32", seed)
+        model = VAE(12, (10,), 3, backend=backend)
+        optimizer = Adam(model.parameters())
+        x = backend.uniform((16, 12))
+        totals = []
+        for _ in range(5):
+            totals.append(float(model.loss_and_backward(x).total))
+            optimizer.step()
+        return totals, [backend.to_numpy(p.data) for p in model.parameters()]
+
+    first, second, other = run(5), run(5), run(6)
+    assert first[0] == second[0]
+    assert all((a == b).all() for a, b in zip(first[1], second[1]))
+    assert first[0] != other[0]
+
+
+def test_forward_does_not_mutate_input_and_keeps_dtype(make_backend):
+    for dtype in ("float32", "float64"):
+        backend = make_backend(dtype, 0)
+        model = VAE(10, (8,), 2, n_samples=2, backend=backend)
+        x = backend.uniform((3, 10))
+        x_before = x.copy()
+        terms = model.loss_and_backward(x)
+        assert (x == x_before).all()
+        assert all(t.dtype == backend.dtype for t in terms)
+        assert all(p.grad.dtype == backend.dtype for p in model.parameters())
+        for out in (model.reconstruct(x), model.reconstruct(x, use_mean=False), model.sample(4), *model.encode(x)):
+            assert out.dtype == backend.dtype
+
+
+def test_bernoulli_outputs_are_probabilities_and_shapes_are_right(make_backend):
+    backend = make_backend("float32", 0)
+    model = VAE(10, (8,), 2, backend=backend)
+    x = backend.uniform((3, 10))
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (3, 2)
+    for out in (model.reconstruct(x), model.sample(5)):
+        assert out.shape[1] == 10
+        assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_training_lowers_the_loss(make_backend):
+    from minivae.optim import Adam
+
+    backend = make_backend("float32", 0)
+    rng = np.random.default_rng(0)
+    prototypes = (rng.random((4, 64)) < 0.5).astype(np.float32)
+    data = backend.to_device(prototypes[rng.integers(0, 4, 256)])
+    model = VAE(64, (32,), 2, backend=backend)
+    optimizer = Adam(model.parameters(), lr=3e-3)
+    first = float(model.loss_and_backward(data).total) / 256
+    for _ in range(150):
+        model.loss_and_backward(data)
+        optimizer.step()
+    last = float(model.loss_and_backward(data).total) / 256
+    assert last < 0.5 * first
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"latent_dim": 0}, "latent_dim must be >= 1"),
+    ({"hidden": (4, 0)}, "hidden sizes must be >= 1"),
+    ({"n_samples": 0}, "n_samples must be >= 1"),
+    ({"activation": "gelu"}, "unknown activation 'gelu'"),
+])
+def test_bad_model_settings_are_refused(make_backend, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VAE(**{"input_dim": 5, **kwargs}, backend=make_backend())
