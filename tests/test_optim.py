@@ -1,0 +1,129 @@
+"""Optimizers against updates computed by hand in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+
+from minivae.layers import Parameter
+from minivae.optim import SGD, Adam
+
+
+def _parameter(backend, values, grad_values=None):
+    p = Parameter("layer.W", backend.to_device(np.array(values)))
+    if grad_values is not None:
+        p.grad[...] = backend.to_device(np.array(grad_values))
+    return p
+
+
+def test_adam_first_three_steps_match_the_closed_form(make_backend):
+    backend = make_backend("float64")
+    theta0 = np.array([0.5, -1.0, 2.0])
+    grads = [np.array([0.1, -0.2, 0.3]), np.array([-0.4, 0.5, 0.0]), np.array([0.2, 0.2, -1.0])]
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    p = _parameter(backend, theta0)
+    adam = Adam([p], lr=lr, betas=(b1, b2), eps=eps)
+    # by hand, eq. (19): m1 = (1-b1) g1, v1 = (1-b2) g1^2, ...
+    g1, g2, g3 = grads
+    m = [(1 - b1) * g1]
+    m.append(b1 * m[0] + (1 - b1) * g2)
+    m.append(b1 * m[1] + (1 - b1) * g3)
+    v = [(1 - b2) * g1 ** 2]
+    v.append(b2 * v[0] + (1 - b2) * g2 ** 2)
+    v.append(b2 * v[1] + (1 - b2) * g3 ** 2)
+    expected = theta0.copy()
+    for t, g in enumerate(grads, start=1):
+        p.grad[...] = backend.to_device(g)
+        adam.step()
+        m_hat, v_hat = m[t - 1] / (1 - b1 ** t), v[t - 1] / (1 - b2 ** t)
+        expected = expected - lr * m_hat / (np.sqrt(v_hat) + eps)
+        np.testing.assert_allclose(backend.to_numpy(p.data), expected, rtol=1e-13, atol=1e-15)
+    assert adam.step_count == 3
+
+
+def test_adam_first_step_moves_each_weight_by_lr(make_backend):
+    backend = make_backend("float64")
+    p = _parameter(backend, [1.0, 1.0], [1e-3, -50.0])
+    Adam([p], lr=0.1).step()
+    # lr * g / (|g| + 1e-8): the first step is lr * sign(g) up to eps / |g| = 1e-5
+    np.testing.assert_allclose(backend.to_numpy(p.data), [0.9, 1.1], rtol=2e-6)
+
+
+def test_adam_weight_decay_adds_l2_gradient(make_backend):
+    backend = make_backend("float64")
+    p = _parameter(backend, [2.0], [0.5])
+    Adam([p], lr=0.1, weight_decay=0.25).step()
+    # g = 0.5 + 0.25 * 2 = 1.0 > 0, so the first step is -lr
+    np.testing.assert_allclose(backend.to_numpy(p.data), [1.9], rtol=1e-7)
+    q = _parameter(backend, [2.0], [-1.0])
+    Adam([q], lr=0.1, weight_decay=1.0).step()  # g = -1 + 2 = 1 > 0
+    np.testing.assert_allclose(backend.to_numpy(q.data), [1.9], rtol=1e-7)
+
+
+def test_sgd_momentum_matches_the_closed_form(make_backend):
+    backend = make_backend("float64")
+    p = _parameter(backend, [1.0])
+    sgd = SGD([p], lr=0.1, momentum=0.9)
+    buf, theta = 0.0, 1.0
+    for t, g in enumerate([1.0, -2.0, 0.5], start=1):
+        p.grad[...] = g
+        sgd.step()
+        buf = g if t == 1 else 0.9 * buf + g  # eq. (20)
+        theta -= 0.1 * buf
+        assert float(p.data[0]) == pytest.approx(theta, rel=1e-14)
+    plain = _parameter(backend, [1.0], [3.0])
+    SGD([plain], lr=0.5).step()
+    assert float(plain.data[0]) == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda ps: Adam(ps, lr=0.05), lambda ps: SGD(ps, lr=0.05, momentum=0.5)])
+def test_state_dict_round_trip_continues_identically(make_backend, make_optimizer):
+    backend = make_backend("float64", 0)
+    grads = [backend.standard_normal((2, 3)) for _ in range(6)]
+
+    def fresh():
+        p = Parameter("a.W", backend.to_device(np.ones((2, 3))))
+        return p, make_optimizer([p])
+
+    p, opt = fresh()
+    for g in grads[:3]:
+        p.grad[...] = g
+        opt.step()
+    saved_data, saved_state = p.data.copy(), opt.state_dict()
+    for g in grads[3:]:
+        p.grad[...] = g
+        opt.step()
+    q, opt2 = fresh()
+    q.data[...] = saved_data
+    opt2.load_state_dict(saved_state)
+    for g in grads[3:]:
+        q.grad[...] = g
+        opt2.step()
+    assert (q.data == p.data).all()
+    assert opt2.step_count == opt.step_count == 6
+
+
+def test_load_state_dict_refuses_other_parameters(make_backend):
+    backend = make_backend("float64")
+    a = Adam([Parameter("a.W", backend.zeros((2,)))])
+    b = Adam([Parameter("b.W", backend.zeros((2,)))])
+    c = Adam([Parameter("a.W", backend.zeros((3,)))])
+    with pytest.raises(ValueError, match="holds parameters"):
+        b.load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="has shape"):
+        c.load_state_dict(a.state_dict())
+
+
+def test_duplicate_parameter_names_are_refused(make_backend):
+    backend = make_backend()
+    with pytest.raises(ValueError, match="unique"):
+        Adam([Parameter("x", backend.zeros((1,))), Parameter("x", backend.zeros((1,)))])
+
+
+def test_adam_keeps_float32(make_backend):
+    backend = make_backend("float32")
+    p = _parameter(backend, np.ones(4, dtype=np.float32), np.full(4, 0.1, dtype=np.float32))
+    adam = Adam([p])
+    adam.step()
+    assert p.data.dtype == adam.moments["m"]["layer.W"].dtype == adam.moments["v"]["layer.W"].dtype == np.float32
+    assert math.isclose(float(p.data[0]), 1 - 1e-3, rel_tol=1e-5)
