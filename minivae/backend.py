@@ -44,6 +44,10 @@ class Backend:
     def __repr__(self):
         return f"Backend({self.name!r}, dtype={self.dtype.name!r}, seed={self.seed})"
 
+    def with_seed(self, seed):
+        """A Backend like this one (same arrays, dtype) with its own generator seeded by ``seed``."""
+        return Backend(self.name, self.xp, self.special, dtype=self.dtype.name, seed=seed)
+
     def standard_normal(self, shape):
         """Draw N(0, 1) noise of ``shape`` in the backend's dtype (the eps of eq. (5))."""
         return self.rng.standard_normal(shape, dtype=self.dtype)

@@ -40,7 +40,7 @@ ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "a
 
 _FLAGS = {"input_dim": None, "hidden": "--hidden", "latent_dim": "--latent-dim",
           "decoder_hidden": "--decoder-hidden", "activation": "--activation", "likelihood": "--likelihood",
-          "variance": "--variance", "n_samples": "--n-samples"}
+          "variance": "--variance", "n_samples": "--samples"}
 """The command-line flag of ``python -m minivae.train`` that sets each config field."""
 
 
@@ -334,8 +334,7 @@ def _check_config(checkpoint, config):
             continue
         flag = _FLAGS.get(field)
         if flag is not None:
-            value = " ".join(str(v) for v in saved) if isinstance(saved, list) else saved
-            fix = f"pass {flag} {value}"
+            fix = "pass " + (" ".join(f"{flag} {v}" for v in saved) if isinstance(saved, list) else f"{flag} {saved}")
         elif field == "input_dim":
             fix = f"use the dataset it was trained on ({saved} values per example)"
         else:

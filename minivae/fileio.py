@@ -51,3 +51,53 @@ def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, owner_error):
+    """Hold ``folder/.lock`` (created exclusively, holding this process's id) while the block runs.
+
+    A lock whose process is gone (a run that was killed) is taken over. A lock held by a live
+    process raises ``owner_error(pid)``: two runs never write into one folder at once.
+    """
+    path = os.path.join(folder, LOCK_NAME)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            pid = _lock_owner(path)
+            if pid is not None and _process_alive(pid):
+                raise owner_error(pid) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: its run is gone
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _lock_owner(path):
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

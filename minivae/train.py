@@ -1,0 +1,374 @@
+"""``python -m minivae.train``: train a VAE on a dataset, with progress, metrics, pictures and checkpoints.
+
+Everything a run writes goes into ``--out`` (default ``results/``): ``config.json``, ``metrics.csv``,
+``reconstruction_<epoch>.png``, ``sample_<epoch>.png``, ``loss.png``, ``checkpoint.npz`` after every
+epoch and, with ``--latent-dim 2``, ``manifold.png`` and ``latent_scatter.png``. Every file is written
+atomically. ``--resume DIR`` continues the run in DIR up to ``--epochs`` (the total), exactly as if it
+had never stopped.
+"""
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import __version__, plots
+from .backend import BACKEND_NAMES, DTYPES, get_backend
+from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .data import DATASETS, binarize_static, load_dataset, resolve_default_dataset
+from .errors import CheckpointError, MinivaeError, NumericalError
+from .fileio import atomic_write, folder_lock
+from .layers import ACTIVATIONS
+from .likelihoods import LIKELIHOODS
+from .model import VAE
+from .optim import Adam
+
+CHECKPOINT_NAME = "checkpoint.npz"
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.csv"
+METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
+                   "test_reconstruction", "test_kl", "seconds", "samples_per_second")
+EVAL_BATCH_SIZE = 1000
+
+# The settings of a run, with the classic PyTorch example's defaults where it has one. Flags left
+# unset on the command line take these (or, with --resume, the saved run's) values.
+DEFAULTS = {
+    "dataset": None, "binarize": "none", "backend": "numpy", "dtype": "float32", "epochs": 10,
+    "batch_size": 128, "lr": 1e-3, "latent_dim": 20, "samples": 1, "hidden": [400], "decoder_hidden": None,
+    "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1,
+}
+# Settings a resumed run may change; every other one must match the saved run.
+CHANGEABLE_ON_RESUME = ("epochs", "backend")
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m minivae.train", description="Train a VAE whose every gradient is written by hand.")
+    add = parser.add_argument
+    add("--dataset", choices=sorted(DATASETS),
+        help="dataset to train on (default: mnist, or a Fashion-MNIST copy on this machine when MNIST is unreachable)")
+    add("--data-dir", help="folder holding the dataset's files (IDX files with MNIST's names, or frey_rawface.mat)")
+    add("--no-download", action="store_true", help="never download a dataset")
+    add("--backend", choices=BACKEND_NAMES, help="array backend (default: numpy)")
+    add("--dtype", choices=DTYPES, help="floating-point type (default: float32)")
+    add("--epochs", type=positive_int, help="total number of epochs (default: 10)")
+    add("--batch-size", type=positive_int, help="batch size (default: 128)")
+    add("--lr", type=positive_float, help="Adam's learning rate (default: 1e-3)")
+    add("--latent-dim", type=positive_int, help="size of z (default: 20)")
+    add("--samples", type=positive_int, help="L, z samples per datapoint (default: 1)")
+    add("--hidden", type=positive_int, action="append", help="encoder hidden width; repeat for a deeper net (default: 400)")
+    add("--decoder-hidden", type=positive_int, action="append", help="decoder hidden width (default: --hidden reversed)")
+    add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
+    add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
+    add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
+    add("--binarize", choices=("none", "static", "dynamic"),
+        help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
+    add("--seed", type=int, help="random seed (default: 1)")
+    add("--out", default="results", help="folder for the run's files (default: results/)")
+    add("--resume", metavar="DIR", help="continue the run in DIR up to --epochs")
+    add("--log-interval", type=positive_int, default=10,
+        help="steps between progress-bar updates and, on a GPU, between checks for NaN (default: 10)")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("--quiet", action="store_true", help="print only errors")
+    add("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except MinivaeError as error:
+        if args.debug:
+            raise
+        print(f"minivae-train: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("minivae-train: interrupted; the last complete epoch's checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run(args):
+    """Train as the parsed command line says; returns the metrics history (a list of dicts)."""
+    log = (lambda message: None) if args.quiet else print
+    out = args.resume if args.resume else args.out
+    _prepare_out_folder(out)
+    with folder_lock(out, lambda pid: MinivaeError(
+            f"another run (process {pid}) is writing to {out}; wait for it to finish, or choose another --out")):
+        saved = _read_saved_run(out, resuming=bool(args.resume))
+        settings = _settings(args, saved)
+        dataset = _load_data(settings, args, log)
+        settings["dataset"] = dataset.name
+        if settings["likelihood"] is None:
+            settings["likelihood"] = dataset.likelihood_hint
+        backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
+        model = _build_model(settings, dataset, backend)
+        optimizer = Adam(model.parameters(), lr=settings["lr"])
+        history, first_epoch = _resume_state(out, model, optimizer, log) if args.resume else ([], 1)
+        with atomic_write(os.path.join(out, CONFIG_NAME), "w") as handle:
+            json.dump({**settings, "version": __version__}, handle, indent=2)
+        trainer = Trainer(model, optimizer, dataset, settings, out, args, log)
+        for epoch in range(first_epoch, settings["epochs"] + 1):
+            history.append(trainer.run_epoch(epoch, history))
+            _write_epoch_outputs(trainer, epoch, history)
+        return history
+
+
+def _prepare_out_folder(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise MinivaeError(f"--out {out}: cannot create the folder ({error.strerror}); choose a writable folder")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MinivaeError(f"--out {out}: the folder is not writable; choose a writable folder")
+
+
+def _read_saved_run(out, resuming):
+    """The saved config.json of the run in ``out`` (None if there is none). A fresh run refuses a
+    folder that already holds one, so that nothing is overwritten."""
+    path = os.path.join(out, CONFIG_NAME)
+    if not os.path.exists(path):
+        if resuming:
+            raise MinivaeError(f"--resume {out}: no {CONFIG_NAME} there, so there is no run to resume; "
+                               f"start one with --out {out}")
+        return None
+    if not resuming:
+        raise MinivaeError(f"--out {out} already holds a run ({CONFIG_NAME}); continue it with --resume {out}, "
+                           f"or choose another --out")
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise MinivaeError(f"{path}: cannot read the saved settings ({error}); start a new run with another --out")
+
+
+def _settings(args, saved):
+    """The run's settings: the command line over the defaults, or, when resuming, the saved run's
+    (a flag that would change a saved setting other than --epochs or --backend is refused)."""
+    given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None}
+    if saved is None:
+        return {**DEFAULTS, **given, "data_dir": args.data_dir}
+    for key, value in given.items():
+        if key not in CHANGEABLE_ON_RESUME and saved.get(key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise MinivaeError(f"--resume {args.resume}: the run was started with {flag} {saved.get(key)}, "
+                               f"not {value}; drop {flag} to continue it, or start a new run with another --out")
+    settings = {key: saved.get(key, default) for key, default in DEFAULTS.items()}
+    settings.update({key: given[key] for key in CHANGEABLE_ON_RESUME if key in given})
+    settings["data_dir"] = args.data_dir or saved.get("data_dir")
+    return settings
+
+
+def _load_data(settings, args, log):
+    download = not args.no_download
+    if settings["dataset"] is None:
+        dataset = resolve_default_dataset(data_dir=settings["data_dir"], download=download, log=log)
+    else:
+        dataset = load_dataset(settings["dataset"], data_dir=settings["data_dir"], download=download, log=log)
+    n_train = dataset.train_x.shape[0]
+    if settings["batch_size"] > n_train:
+        raise MinivaeError(f"--batch-size {settings['batch_size']} is larger than the {n_train} training examples "
+                           f"of {dataset.name} ({dataset.source}); pass --batch-size {n_train} or less")
+    if settings["binarize"] != "none":
+        dataset.train_x[...] = _binarized(dataset.train_x, settings, seed_offset=0)
+        dataset.test_x[...] = _binarized(dataset.test_x, settings, seed_offset=1)
+    return dataset
+
+
+def _binarized(pixels, settings, seed_offset):
+    """Static binarization (one fixed draw); with --binarize dynamic only the test set is fixed
+    this way and the training batches are drawn afresh on the device."""
+    if settings["binarize"] == "dynamic" and seed_offset == 0:
+        return pixels
+    return binarize_static(pixels, seed=settings["seed"] * 2 + seed_offset)
+
+
+def _build_model(settings, dataset, backend):
+    return VAE(input_dim=dataset.train_x.shape[1], hidden=settings["hidden"], latent_dim=settings["latent_dim"],
+               decoder_hidden=settings["decoder_hidden"], activation=settings["activation"],
+               likelihood=settings["likelihood"], variance=settings["variance"], n_samples=settings["samples"],
+               backend=backend)
+
+
+def _resume_state(out, model, optimizer, log):
+    """Load the run's last complete checkpoint into model and optimizer; returns (history, next epoch).
+    A run killed before its first checkpoint starts again from epoch 1."""
+    path = os.path.join(out, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        log(f"{out}: no checkpoint yet; starting the run from epoch 1")
+        return [], 1
+    checkpoint = load_checkpoint(path)
+    if not restore(checkpoint, model, optimizer):
+        log(f"{path}: the random generator's state cannot be restored on the {model.backend.name} backend; "
+            f"the resumed run will not repeat the uninterrupted one bit for bit")
+    history = checkpoint.extra.get("history")
+    if not isinstance(history, list) or len(history) != checkpoint.epoch:
+        raise CheckpointError(f"{path}: its metrics history does not match its epoch {checkpoint.epoch}; "
+                              f"start a new run with another --out")
+    log(f"resuming {out} after epoch {checkpoint.epoch}")
+    return history, checkpoint.epoch + 1
+
+
+class Trainer:
+    """The training loop of one run: the data on the device, one epoch at a time."""
+
+    def __init__(self, model, optimizer, dataset, settings, out, args, log):
+        self.model, self.optimizer, self.dataset, self.settings = model, optimizer, dataset, settings
+        self.out, self.log = out, log
+        self.backend = model.backend
+        self.train_x = self.backend.to_device(dataset.train_x)  # moved once, sliced on the device
+        self.test_x = self.backend.to_device(dataset.test_x)
+        self.show_progress = not (args.no_progress or args.quiet) and sys.stdout.isatty()
+        # On the CPU reading a loss costs nothing, so every step is checked for NaN; on a device
+        # the losses stay there and are read every --log-interval steps.
+        self.check_every = 1 if self.backend.name == "numpy" else args.log_interval
+        self.log_interval = args.log_interval
+        fixed = np.random.default_rng(settings["seed"]).standard_normal((64, settings["latent_dim"]))
+        self.fixed_z = self.backend.to_device(fixed)  # the same prior draws in every sample_<epoch>.png
+
+    def run_epoch(self, epoch, history):
+        """Train one epoch, evaluate on the test set, print one line; returns the epoch's metrics."""
+        start = time.perf_counter()
+        train_sums = self._train(epoch)
+        self.backend.synchronize()
+        seconds = time.perf_counter() - start
+        n_train, n_test = self.train_x.shape[0], self.test_x.shape[0]
+        test_sampled = self._test_sums(use_mean=False, epoch=epoch)
+        test_mean = self._test_sums(use_mean=True, epoch=epoch)
+        record = {
+            "epoch": epoch, "train_loss": train_sums[2] / n_train, "train_reconstruction": train_sums[0] / n_train,
+            "train_kl": train_sums[1] / n_train, "test_loss": test_sampled[2] / n_test,
+            "test_loss_mean": test_mean[2] / n_test, "test_reconstruction": test_sampled[0] / n_test,
+            "test_kl": test_sampled[1] / n_test, "seconds": seconds, "samples_per_second": n_train / seconds,
+        }
+        record = {key: value if key == "epoch" else float(value) for key, value in record.items()}
+        self.log(f"epoch {epoch}/{self.settings['epochs']}  train loss {record['train_loss']:.2f}  "
+                 f"test loss {record['test_loss']:.2f} (z = mu: {record['test_loss_mean']:.2f})  "
+                 f"{seconds:.1f} s  {record['samples_per_second']:.0f} samples/s")
+        return record
+
+    def _train(self, epoch):
+        """One pass over the training set in a fresh random order; returns the summed
+        (reconstruction, KL, total) on the host. Stops with NumericalError at a NaN or inf."""
+        backend, xp, model = self.backend, self.backend.xp, self.model
+        n, batch_size = self.train_x.shape[0], self.settings["batch_size"]
+        steps = -(-n // batch_size)
+        order = backend.permutation(n)
+        # per step: reconstruction, KL, total, and the sum of every gradient (non-finite iff one is)
+        step_values = xp.zeros((steps, 4), dtype=backend.dtype)
+        dynamic = self.settings["binarize"] == "dynamic"
+        progress = _progress_bar(n, epoch, self.show_progress)
+        checked = 0
+        for step in range(steps):
+            x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
+            if dynamic:
+                x = (backend.uniform(x.shape) < x).astype(backend.dtype)
+            terms = model.loss_and_backward(x)
+            step_values[step, :3] = xp.stack(terms)
+            step_values[step, 3] = sum(p.grad.sum() for p in model.parameters())
+            if (step + 1) % self.check_every == 0 or step + 1 == steps:
+                self._stop_if_not_finite(step_values, checked, step + 1, epoch)
+                checked = step + 1
+            self.optimizer.step()
+            if progress is not None and ((step + 1) % self.log_interval == 0 or step + 1 == steps):
+                done = min((step + 1) * batch_size, n)
+                running = float(step_values[max(0, step + 1 - self.log_interval):step + 1, 2].sum())
+                progress.update(done - progress.n)
+                progress.set_postfix(loss=f"{running / (min(self.log_interval, step + 1) * batch_size):.2f}")
+        if progress is not None:
+            progress.close()
+        return backend.to_numpy(step_values[:, :3]).astype(np.float64).sum(axis=0)
+
+    def _stop_if_not_finite(self, step_values, start, stop, epoch):
+        values = self.backend.to_numpy(step_values[start:stop])
+        bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad_rows.size == 0:
+            return
+        row = values[bad_rows[0]]
+        term = ["reconstruction loss", "KL", "total loss", "gradient"][int(np.flatnonzero(~np.isfinite(row))[0])]
+        raise NumericalError(
+            f"training stopped at epoch {epoch}, step {start + bad_rows[0] + 1}: the {term} became "
+            f"{'NaN' if np.isnan(row).any() else 'infinite'}; no checkpoint was written for this epoch, and "
+            f"{os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. "
+            f"Try a lower --lr, or --dtype float64")
+
+    def _test_sums(self, use_mean, epoch):
+        """Summed (reconstruction, KL, total) over the test set, with z sampled (from a generator
+        seeded by the run's seed and the epoch, so training's random stream is untouched) or z = mu."""
+        backend, model = self.backend, self.model
+        noise = backend.with_seed(self.settings["seed"] * 100_003 + epoch)
+        sums = np.zeros(3)
+        for start in range(0, self.test_x.shape[0], EVAL_BATCH_SIZE):
+            x = self.test_x[start:start + EVAL_BATCH_SIZE]
+            eps = None if use_mean else noise.standard_normal((model.n_samples, x.shape[0], model.latent_dim))
+            reconstruction, kl = model.elbo_terms(x, eps, use_mean=use_mean)
+            sums[:2] += [float(reconstruction.sum()), float(kl.sum())]
+        sums[2] = sums[0] + sums[1]
+        return sums
+
+
+def _progress_bar(total, epoch, show):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch}", unit="img", leave=False, file=sys.stdout)
+
+
+def _write_epoch_outputs(trainer, epoch, history):
+    """Metrics, pictures, then the checkpoint (last, so a checkpoint implies its epoch's files)."""
+    model, backend, out = trainer.model, trainer.backend, trainer.out
+    image_shape = trainer.dataset.image_shape
+    _write_metrics(os.path.join(out, METRICS_NAME), history)
+    originals = trainer.test_x[:8]
+    plots.save_reconstructions(os.path.join(out, f"reconstruction_{epoch}.png"), backend.to_numpy(originals),
+                               backend.to_numpy(model.reconstruct(originals)), image_shape)
+    plots.save_samples(os.path.join(out, f"sample_{epoch}.png"), backend.to_numpy(model.decode(trainer.fixed_z)),
+                       image_shape)
+    plots.save_loss_curves(os.path.join(out, "loss.png"), [r["epoch"] for r in history],
+                           [r["train_loss"] for r in history], [r["test_loss"] for r in history],
+                           [r["test_loss_mean"] for r in history])
+    if model.latent_dim == 2:
+        def decode(z):
+            return backend.to_numpy(model.decode(backend.to_device(z)))
+
+        plots.save_manifold(os.path.join(out, "manifold.png"), decode, image_shape)
+        means = backend.to_numpy(model.encode(trainer.test_x[:5000])[0])
+        labels = trainer.dataset.test_y[:5000] if trainer.dataset.test_y is not None else None
+        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels)
+    save_checkpoint(os.path.join(out, CHECKPOINT_NAME), model, trainer.optimizer, epoch=epoch,
+                    extra={"history": history, "settings": trainer.settings})
+
+
+def _write_metrics(path, history):
+    """metrics.csv: one row per epoch, rewritten whole (atomically) from the history."""
+    text = io.StringIO()
+    text.write(",".join(METRICS_COLUMNS) + "\n")
+    for record in history:
+        text.write(",".join(repr(record[column]) for column in METRICS_COLUMNS) + "\n")
+    with atomic_write(path, "w") as handle:
+        handle.write(text.getvalue())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
