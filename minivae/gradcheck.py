@@ -8,11 +8,43 @@ The numeric gradient of eq. (24) contracts the function's output with a random u
 and the error of an analytic gradient ``a`` against it is the relative error of the whole array,
 ``||a - n|| / max(||a||, ||n||, tiny)`` (a norm-wise form of eq. (24), robust to coordinates whose
 gradient is zero).
+
+The file has three parts:
+
+1. The primitives above: ``numerical_gradient``, ``relative_error``, ``gradient_error``.
+2. Reusable checks that return one ``GradientRow`` per checked array: ``check_model`` (every
+   parameter of a VAE, eps held fixed) and ``check_layer`` (one piece alone), with ``format_table``
+   to print them. The command line and ``examples/trace_gradients.py`` both use these.
+3. The command line, ``python -m minivae.gradcheck`` (installed as ``minivae-gradcheck``): builds a
+   small VAE of the sizes asked for, prints the table and exits 1 when an error is above the
+   tolerance (2 for a bad flag or an unavailable backend).
+
+Precision. Section 17 of docs/derivation.md: the error of a central difference behaves like
+``h^2 + u |f| / h`` (u the unit roundoff), about 1e-10 in float64 and only about 1e-2 in float32
+(measured on the default model: no step gives float32 differences better than ~1e-3, and steps
+large enough for that cross ReLU's kink). So finite differences are **always taken in float64**.
+For a float32 model or piece, ``check_model`` and ``check_layer`` compute the analytic gradient in
+float32, with the float32 code path under test, and the differences on a float64 copy holding the
+same values. The error is then float32's rounding of the backward (~1e-7 measured), checked
+against ``FLOAT32_TOLERANCE`` = 1e-4: loose enough for rounding, tight enough for any wrong formula.
+
+Imports: the module imports nothing from minivae but ``backend`` and ``errors`` at load time (the
+design's import rule); the model and its pieces are imported inside the functions that build them.
 """
+
+import argparse
+import math
+import sys
+from collections import namedtuple
+
+from .backend import BACKEND_NAMES, DTYPES, Backend, get_backend
+from .errors import BackendUnavailable
 
 DEFAULT_STEP = 1e-5
 DEFAULT_TOLERANCE = 1e-6
 TINY = 1e-30
+# float32 analytic gradients against float64 differences: measured errors ~1e-7 (see above)
+FLOAT32_TOLERANCE = 1e-4
 
 
 def numerical_gradient(f, x, dout, h=DEFAULT_STEP):
@@ -51,3 +83,332 @@ def gradient_error(f, x, analytic, dout, h=DEFAULT_STEP):
     """The relative error of an analytic gradient ``analytic`` (of ``sum(f() * dout)`` with
     respect to ``x``) against the central-difference one."""
     return relative_error(analytic, numerical_gradient(f, x, dout, h))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reusable checks: one row per checked array
+# --------------------------------------------------------------------------------------------------
+
+GradientRow = namedtuple("GradientRow", ["name", "shape", "max_abs_analytic", "error", "ok", "analytic", "numeric"])
+GradientRow.__doc__ = """One checked gradient: the array's name and shape, max |analytic|, the relative
+error of eq. (24) against finite differences, whether it is within the tolerance, and both gradients
+as host (NumPy) arrays."""
+
+LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "reparameterize", "kl", "bernoulli", "gaussian")
+
+
+def check_gradients(f, dout, gradients, backend, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
+    """Check several analytic gradients of ``sum(f() * dout)`` at once.
+
+    gradients: (name, array that f reads, its analytic gradient) triples. Each array is perturbed
+    in place by ``numerical_gradient`` and restored. Returns one GradientRow per triple.
+    """
+    rows = []
+    for name, array, analytic in gradients:
+        numeric = numerical_gradient(f, array, dout, h)
+        error = relative_error(analytic, numeric)
+        analytic_host, numeric_host = backend.to_numpy(analytic), backend.to_numpy(numeric)
+        max_abs = float(abs(analytic_host).max()) if analytic_host.size else 0.0
+        # `not error > tolerance` would pass a NaN; `error <= tolerance` fails it
+        rows.append(GradientRow(name, tuple(array.shape), max_abs, error, error <= tolerance,
+                                analytic_host, numeric_host))
+    return rows
+
+
+def float64_twin(backend):
+    """A float64 Backend on the same array module and seed (``backend`` itself when it is float64):
+    finite differences are always taken in float64, section 17 of docs/derivation.md."""
+    if backend.dtype.name == "float64":
+        return backend
+    return Backend(backend.name, backend.xp, backend.special, dtype="float64", seed=backend.seed)
+
+
+def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
+    """Every parameter gradient of the batch loss of eq. (3), as ``model.loss_and_backward(x, eps)``
+    computes it by hand, against central differences of the forward-only ``model.elbo_terms(x, eps)``.
+
+    eps is held fixed, so the loss is a deterministic function of the parameters. The loss is one
+    number, so its upstream gradient is the scalar 1 (there is nothing for it to rearrange). The
+    differences are taken in float64: for a float32 model they are taken on a float64 copy of it
+    (same weights, x and eps), so what is checked is the float32 backward itself. Leaves every
+    ``parameter.grad`` set as ``loss_and_backward`` left it. Returns one GradientRow per parameter,
+    in ``model.parameters()`` order.
+    """
+    model.loss_and_backward(x, eps)
+    analytic = [p.grad.copy() for p in model.parameters()]
+    reference = model
+    if model.backend.dtype.name != "float64":
+        reference = type(model)(**model.config, backend=float64_twin(model.backend))
+        for p, p64 in zip(model.parameters(), reference.parameters()):
+            p64.data[...] = p.data
+        x, eps = x.astype("float64"), eps.astype("float64")
+
+    def loss():
+        reconstruction, kl = reference.elbo_terms(x, eps)
+        return (reconstruction + kl).sum()
+
+    gradients = [(p.name, p.data, a) for p, a in zip(reference.parameters(), analytic)]
+    return check_gradients(loss, 1.0, gradients, model.backend, h, tolerance)
+
+
+def check_layer(kind, backend, batch_size=4, input_dim=12, hidden=8, latent_dim=3, samples=1, variance=1.0,
+                h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
+    """Check one piece of the VAE alone, with a random upstream gradient: its input gradient and,
+    for a Linear layer, its parameter gradients. Returns (description, rows).
+
+    kind: one of LAYER_KINDS. The arrays have the shapes that piece has inside a VAE of these sizes:
+    a Linear maps (B, input_dim) to (B, hidden); an activation sees (B, hidden); the
+    reparameterization and the KL see mu, logvar of (B, latent_dim) (with ``samples`` draws of eps);
+    a likelihood sees (B, input_dim). The analytic gradients are computed in ``backend``'s dtype, the
+    differences in float64 on the same values.
+    """
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"unknown layer kind {kind!r}: choose one of {LAYER_KINDS}")
+    reference = float64_twin(backend)
+    sizes = dict(B=batch_size, D=input_dim, H=hidden, J=latent_dim, L=samples, s2=variance)
+    inputs = _layer_inputs(kind, reference, sizes)
+    if reference is not backend:  # round to the backend's dtype first, so both sides see the same values
+        inputs = {name: value.astype(backend.dtype) for name, value in inputs.items()}
+        analytic = _layer_case(kind, backend, inputs, sizes)[4]
+        inputs = {name: value.astype("float64") for name, value in inputs.items()}
+    description, f, dout, arrays, analytic64 = _layer_case(kind, reference, inputs, sizes)
+    if reference is backend:
+        analytic = analytic64
+    gradients = [(name, array, a) for (name, array), a in zip(arrays, analytic)]
+    return description, check_gradients(f, dout, gradients, backend, h, tolerance)
+
+
+def _layer_inputs(kind, backend, sizes):
+    """The random float64 values one piece is checked at, and its random upstream gradient."""
+    randn, B, D, H, J, L = backend.standard_normal, sizes["B"], sizes["D"], sizes["H"], sizes["J"], sizes["L"]
+    if kind == "linear":
+        bound = 1 / math.sqrt(D)
+        return {"x": randn((B, D)), "W": (backend.uniform((D, H)) * 2 - 1) * bound,
+                "b": (backend.uniform((H,)) * 2 - 1) * bound, "dy": randn((B, H))}
+    if kind in ("relu", "tanh", "sigmoid"):
+        # |x| in [0.1, 3]: away from ReLU's kink at 0 and from where tanh and sigmoid saturate
+        x = backend.xp.sign(randn((B, H))) * (0.1 + 2.9 * backend.uniform((B, H)))
+        return {"x": x, "dy": randn((B, H))}
+    if kind in ("reparameterize", "kl"):
+        return {"mu": randn((B, J)), "logvar": 0.5 * randn((B, J)), "eps": randn((L, B, J)),
+                "dz": randn((L * B, J)), "dkl": randn((B,))}
+    if kind == "bernoulli":
+        return {"out": 2 * randn((B, D)), "x": backend.uniform((B, D)), "dnll": randn((B,))}
+    return {"out": randn((B, D)), "x": randn((B, D)), "dnll": randn((B,))}
+
+
+def _layer_case(kind, backend, inputs, sizes):
+    """Build one piece on ``backend`` at ``inputs`` and run its backward.
+
+    Returns (description, f, dout, [(name, array f reads)], [analytic gradient of each array]).
+    """
+    from . import gaussian
+    from .layers import Linear, activation
+    from .likelihoods import make_likelihood
+
+    xp, B, D, H, J, L = backend.xp, sizes["B"], sizes["D"], sizes["H"], sizes["J"], sizes["L"]
+    if kind == "linear":
+        layer = Linear(D, H, backend, "linear")
+        layer.W.data[...], layer.b.data[...] = inputs["W"], inputs["b"]
+        x, dy = inputs["x"], inputs["dy"]
+        layer.forward(x)
+        dx = layer.backward(dy)
+        return (f"Linear {D} -> {H} (eq. (12))", lambda: layer.forward(x), dy,
+                [("x", x), ("W", layer.W.data), ("b", layer.b.data)], [dx, layer.W.grad.copy(), layer.b.grad.copy()])
+    if kind in ("relu", "tanh", "sigmoid"):
+        layer = activation(kind, backend, kind)
+        x, dy = inputs["x"], inputs["dy"]
+        layer.forward(x)
+        dx = layer.backward(dy)
+        equation = {"relu": "eq. (13)", "tanh": "eq. (14)", "sigmoid": "eq. (15)"}[kind]
+        return f"{type(layer).__name__} on ({B}, {H}) ({equation})", lambda: layer.forward(x), dy, [("x", x)], [dx]
+    if kind in ("reparameterize", "kl"):
+        mu, logvar, eps = inputs["mu"], inputs["logvar"], inputs["eps"]
+        arrays = [("mu", mu), ("logvar", logvar)]
+        if kind == "reparameterize":
+            dz = inputs["dz"]
+            return (f"reparameterize, mu and logvar ({B}, {J}), L={L} (eq. (5), (16))",
+                    lambda: gaussian.reparameterize(xp, mu, logvar, eps), dz, arrays,
+                    list(gaussian.reparameterize_backward(xp, dz, logvar, eps)))
+        dkl = inputs["dkl"]
+        return (f"KL to N(0, I), mu and logvar ({B}, {J}) (eq. (7), (17))",
+                lambda: gaussian.kl_divergence(xp, mu, logvar), dkl, arrays,
+                list(gaussian.kl_divergence_backward(xp, mu, logvar, dkl)))
+    likelihood = make_likelihood(kind, backend, sizes["s2"])
+    out, x, dnll = inputs["out"], inputs["x"], inputs["dnll"]  # dnll: a random upstream gradient per row
+    _, dout_sum = likelihood.nll_and_grad(out, x)  # the gradient of the sum of the rows' NLL
+    name, equations = ("logits", "eq. (8), (10)") if kind == "bernoulli" else ("y", f"eq. (9), (11), s2={sizes['s2']:g}")
+    return (f"{type(likelihood).__name__} NLL of ({B}, {D}) ({equations})", lambda: likelihood.nll(out, x), dnll,
+            [(name, out)], [dout_sum * dnll[:, None]])
+
+
+def relu_input_margin(model, x, eps):
+    """The smallest |input| of any ReLU layer of the model for this x and eps (infinity without ReLU).
+
+    A central difference that steps across ReLU's kink at 0 sees two different slopes; when this
+    margin is below the step h, a FAIL may be the kink rather than a bug.
+    """
+    from .gaussian import reparameterize
+    from .layers import ReLU
+
+    margin = math.inf
+
+    def run(network, inputs):
+        nonlocal margin
+        for layer in network.layers:
+            if isinstance(layer, ReLU):
+                margin = min(margin, float(abs(inputs).min()))
+            inputs = layer.forward(inputs)
+        return inputs
+
+    head = run(model.encoder, x)
+    mu, logvar = head[:, :model.latent_dim], head[:, model.latent_dim:]
+    run(model.decoder, reparameterize(model.backend.xp, mu, logvar, eps))
+    return margin
+
+
+def format_table(rows):
+    """The rows as a text table: name, shape, max |analytic|, relative error, ok or FAIL."""
+    header = ("parameter", "shape", "max|analytic|", "rel. error", "status")
+    cells = [header] + [(r.name, str(r.shape), f"{r.max_abs_analytic:.4e}", f"{r.error:.2e}", "ok" if r.ok else "FAIL")
+                        for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+
+
+def summarize(rows, tolerance):
+    """One line: the largest relative error, the tolerance, and how many gradients failed."""
+    worst = max((r.error for r in rows), default=0.0)
+    if any(math.isnan(r.error) for r in rows):
+        worst = math.nan
+    failed = sum(not r.ok for r in rows)
+    verdict = "all ok" if not failed else f"{failed} of {len(rows)} FAIL"
+    return f"max relative error {worst:.2e} over {len(rows)} gradients (tolerance {tolerance:g}): {verdict}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: python -m minivae.gradcheck
+# --------------------------------------------------------------------------------------------------
+
+PROGRAM = "minivae-gradcheck"
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+# argparse reports a type's ValueError as "invalid <name> value"; name them for the reader
+_positive_int.__name__ = "positive integer"
+_non_negative_int.__name__ = "non-negative integer"
+_positive_float.__name__ = "positive number"
+
+
+def build_parser():
+    from .layers import ACTIVATIONS
+    from .likelihoods import LIKELIHOODS
+
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Check every hand-written gradient of a small VAE (or of one piece of it, --layer) against "
+                    "central finite differences, eq. (24) of docs/derivation.md, with the noise eps held fixed. "
+                    "Prints one row per gradient and exits 1 if any relative error is above the tolerance.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--input-dim", type=_positive_int, default=12, help="D, values per data point (default 12)")
+    model.add_argument("--hidden", type=_positive_int, action="append",
+                       help="a hidden layer width; repeat for several layers (default: one layer of 8)")
+    model.add_argument("--latent-dim", type=_positive_int, default=3, help="J, the size of z (default 3)")
+    model.add_argument("--samples", type=_positive_int, default=1, help="L, samples of z per data point (default 1)")
+    model.add_argument("--batch-size", type=_positive_int, default=4, help="B, data points in the batch (default 4)")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default bernoulli)")
+    model.add_argument("--variance", type=_positive_float, default=1.0,
+                       help="s2 of the Gaussian likelihood (default 1.0)")
+    model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
+    check = parser.add_argument_group("check")
+    check.add_argument("--layer", choices=LAYER_KINDS,
+                       help="check this one piece alone (its input and parameter gradients) instead of the VAE, at the "
+                            "shapes it has in the model: uses --input-dim, the first --hidden, --latent-dim, "
+                            "--samples, --batch-size and --variance")
+    check.add_argument("--dtype", choices=DTYPES, default="float64",
+                       help="dtype of the model and its analytic gradients (default float64); the finite "
+                            "differences are always float64, on a copy of a float32 model")
+    check.add_argument("--backend", choices=BACKEND_NAMES, default="numpy",
+                       help="numpy, cupy, or auto (cupy when a CUDA device is visible) (default numpy)")
+    check.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seeds the weights, the data and eps (default 0)")
+    check.add_argument("--tolerance", type=_positive_float,
+                       help=f"largest relative error that passes (default {DEFAULT_TOLERANCE:g}; "
+                            f"{FLOAT32_TOLERANCE:g} with --dtype float32)")
+    check.add_argument("--step", type=_positive_float,
+                       help=f"finite-difference step h (default {DEFAULT_STEP:g})")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def main(argv=None):
+    """Run the command line with ``argv`` (default: sys.argv[1:]); returns the exit status:
+    0 every gradient agrees, 1 some gradient FAILs, 2 a bad flag or an unavailable backend."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BackendUnavailable as exc:
+        if args.debug:
+            raise
+        print(f"{PROGRAM}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    float32 = args.dtype == "float32"
+    tolerance = args.tolerance or (FLOAT32_TOLERANCE if float32 else DEFAULT_TOLERANCE)
+    step = args.step or DEFAULT_STEP
+    hidden = args.hidden or [8]
+    backend = get_backend(args.backend, dtype=args.dtype, seed=args.seed)
+    settings = f"{args.dtype} on {backend.name}, seed {args.seed}, step h={step:g}, tolerance {tolerance:g}"
+    margin = math.inf
+    if args.layer:
+        description, rows = check_layer(args.layer, backend, args.batch_size, args.input_dim, hidden[0],
+                                        args.latent_dim, args.samples, args.variance, step, tolerance)
+        print(f"{PROGRAM}: {description}; random upstream gradient; {settings}")
+    else:
+        from .model import VAE
+
+        model = VAE(args.input_dim, hidden, args.latent_dim, activation=args.activation, likelihood=args.likelihood,
+                    variance=args.variance, n_samples=args.samples, backend=backend)
+        x = backend.uniform((args.batch_size, args.input_dim))
+        eps = model.draw_eps(args.batch_size)  # drawn once: held fixed for every difference
+        sizes = "-".join(str(n) for n in [args.input_dim, *hidden, args.latent_dim, *reversed(hidden), args.input_dim])
+        print(f"{PROGRAM}: VAE {sizes}, {args.likelihood} likelihood, {args.activation}, L={args.samples}, "
+              f"batch {args.batch_size}; loss of eq. (3) with eps held fixed; {settings}")
+        rows = check_model(model, x, eps, step, tolerance)
+        if args.activation == "relu":
+            margin = relu_input_margin(model, x, eps)
+    if float32:
+        print("note: float32 analytic gradients against float64 finite differences of the same weights (float32 "
+              f"differences are only ~1e-2 accurate); expect errors ~1e-7, tolerance {tolerance:g}")
+    print(format_table(rows))
+    print(summarize(rows, tolerance))
+    if not all(r.ok for r in rows) and margin < 10 * step:
+        print(f"note: a ReLU input is {margin:.1e} from its kink at 0, within reach of the step h={step:g}; "
+              "this FAIL may be the kink, not a bug: try another --seed")
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,17 +14,63 @@ import math
 
 
 class Parameter:
-    """A trainable array with its gradient and its qualified name (e.g. ``encoder.0.W``)."""
+    """A trainable array with its gradient and its qualified name (e.g. ``encoder.0.W``).
 
-    __slots__ = ("name", "data", "grad")
+    Once packed into a ``ParameterBuffer``, ``data`` and ``grad`` are views into its flat arrays
+    and ``buffer`` points to it.
+    """
+
+    __slots__ = ("name", "data", "grad", "buffer")
 
     def __init__(self, name, data):
         self.name = name
         self.data = data
         self.grad = data * 0
+        self.buffer = None
 
     def __repr__(self):
         return f"Parameter({self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+class ParameterBuffer:
+    """Parameters packed into two contiguous 1-D arrays, ``data`` and ``grad``: each Parameter's
+    ``data`` and ``grad`` become views into them (values kept), so that an optimizer can update the
+    whole model in a few passes over memory instead of a few per parameter.
+
+    Packing keeps the values of both arrays; after it, ``p.data`` and ``p.grad`` must be written in
+    place (``p.data[...] = ...``), never rebound.
+    """
+
+    def __init__(self, parameters, backend):
+        self.parameters = list(parameters)
+        self.backend = backend
+        total = sum(int(p.data.size) for p in self.parameters)
+        self.data = backend.xp.empty(total, dtype=backend.dtype)
+        self.grad = backend.xp.zeros(total, dtype=backend.dtype)
+        self.slices = {}
+        offset = 0
+        for p in self.parameters:
+            shape, size = p.data.shape, int(p.data.size)
+            self.slices[p.name] = slice(offset, offset + size)
+            self.data[offset:offset + size] = p.data.reshape(-1)
+            self.grad[offset:offset + size] = p.grad.reshape(-1)
+            p.data = self.data[offset:offset + size].reshape(shape)
+            p.grad = self.grad[offset:offset + size].reshape(shape)
+            p.buffer = self
+            offset += size
+
+    @classmethod
+    def of(cls, parameters, backend):
+        """The buffer that already holds exactly ``parameters`` in this order, or a new one."""
+        parameters = list(parameters)
+        existing = parameters[0].buffer if parameters else None
+        if existing is not None and [id(p) for p in existing.parameters] == [id(p) for p in parameters]:
+            return existing
+        return cls(parameters, backend)
+
+    def views(self, flat):
+        """``{parameter name: view of flat shaped like that parameter}`` for a flat array like ``data``."""
+        return {p.name: flat[self.slices[p.name]].reshape(p.data.shape) for p in self.parameters}
 
 
 class Layer:
@@ -151,7 +197,7 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy):
-        """The chain rule: each layer's backward feeds the one before it."""
+        """The chain rule: each layer's backward (eq. (12)-(15)) feeds the one before it."""
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy

@@ -13,7 +13,7 @@ from collections import namedtuple
 
 from .backend import numpy_backend
 from .gaussian import kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
-from .layers import mlp
+from .layers import ParameterBuffer, mlp
 from .likelihoods import make_likelihood
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
@@ -59,6 +59,7 @@ class VAE:
         self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
         self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
         self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+        self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
 
     def parameters(self):
         """Every trainable Parameter, encoder first, in a fixed order."""
@@ -108,7 +109,8 @@ class VAE:
         return reconstruction, kl_divergence(xp, mu, logvar)
 
     def loss_and_backward(self, x, eps=None):
-        """One forward and hand-written backward pass over a batch.
+        """One forward and hand-written backward pass over a batch: the loss of eq. (3) and its
+        gradient by eq. (10)-(18), in the order of section 13 of docs/derivation.md.
 
         x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed).
         Returns LossTerms summed over the batch, and overwrites every parameter's ``grad`` with

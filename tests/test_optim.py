@@ -22,7 +22,7 @@ def test_adam_first_three_steps_match_the_closed_form(make_backend):
     grads = [np.array([0.1, -0.2, 0.3]), np.array([-0.4, 0.5, 0.0]), np.array([0.2, 0.2, -1.0])]
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
     p = _parameter(backend, theta0)
-    adam = Adam([p], lr=lr, betas=(b1, b2), eps=eps)
+    adam = Adam([p], backend=backend, lr=lr, betas=(b1, b2), eps=eps)
     # by hand, eq. (19): m1 = (1-b1) g1, v1 = (1-b2) g1^2, ...
     g1, g2, g3 = grads
     m = [(1 - b1) * g1]
@@ -44,7 +44,7 @@ def test_adam_first_three_steps_match_the_closed_form(make_backend):
 def test_adam_first_step_moves_each_weight_by_lr(make_backend):
     backend = make_backend("float64")
     p = _parameter(backend, [1.0, 1.0], [1e-3, -50.0])
-    Adam([p], lr=0.1).step()
+    Adam([p], backend=backend, lr=0.1).step()
     # lr * g / (|g| + 1e-8): the first step is lr * sign(g) up to eps / |g| = 1e-5
     np.testing.assert_allclose(backend.to_numpy(p.data), [0.9, 1.1], rtol=2e-6)
 
@@ -52,18 +52,18 @@ def test_adam_first_step_moves_each_weight_by_lr(make_backend):
 def test_adam_weight_decay_adds_l2_gradient(make_backend):
     backend = make_backend("float64")
     p = _parameter(backend, [2.0], [0.5])
-    Adam([p], lr=0.1, weight_decay=0.25).step()
+    Adam([p], backend=backend, lr=0.1, weight_decay=0.25).step()
     # g = 0.5 + 0.25 * 2 = 1.0 > 0, so the first step is -lr
     np.testing.assert_allclose(backend.to_numpy(p.data), [1.9], rtol=1e-7)
     q = _parameter(backend, [2.0], [-1.0])
-    Adam([q], lr=0.1, weight_decay=1.0).step()  # g = -1 + 2 = 1 > 0
+    Adam([q], backend=backend, lr=0.1, weight_decay=1.0).step()  # g = -1 + 2 = 1 > 0
     np.testing.assert_allclose(backend.to_numpy(q.data), [1.9], rtol=1e-7)
 
 
 def test_sgd_momentum_matches_the_closed_form(make_backend):
     backend = make_backend("float64")
     p = _parameter(backend, [1.0])
-    sgd = SGD([p], lr=0.1, momentum=0.9)
+    sgd = SGD([p], backend=backend, lr=0.1, momentum=0.9)
     buf, theta = 0.0, 1.0
     for t, g in enumerate([1.0, -2.0, 0.5], start=1):
         p.grad[...] = g
@@ -72,18 +72,19 @@ def test_sgd_momentum_matches_the_closed_form(make_backend):
         theta -= 0.1 * buf
         assert float(p.data[0]) == pytest.approx(theta, rel=1e-14)
     plain = _parameter(backend, [1.0], [3.0])
-    SGD([plain], lr=0.5).step()
+    SGD([plain], backend=backend, lr=0.5).step()
     assert float(plain.data[0]) == pytest.approx(-0.5)
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda ps: Adam(ps, lr=0.05), lambda ps: SGD(ps, lr=0.05, momentum=0.5)])
+@pytest.mark.parametrize("make_optimizer", [lambda ps, be: Adam(ps, lr=0.05, backend=be),
+                                            lambda ps, be: SGD(ps, lr=0.05, momentum=0.5, backend=be)])
 def test_state_dict_round_trip_continues_identically(make_backend, make_optimizer):
     backend = make_backend("float64", 0)
     grads = [backend.standard_normal((2, 3)) for _ in range(6)]
 
     def fresh():
         p = Parameter("a.W", backend.to_device(np.ones((2, 3))))
-        return p, make_optimizer([p])
+        return p, make_optimizer([p], backend)
 
     p, opt = fresh()
     for g in grads[:3]:
@@ -105,9 +106,9 @@ def test_state_dict_round_trip_continues_identically(make_backend, make_optimize
 
 def test_load_state_dict_refuses_other_parameters(make_backend):
     backend = make_backend("float64")
-    a = Adam([Parameter("a.W", backend.zeros((2,)))])
-    b = Adam([Parameter("b.W", backend.zeros((2,)))])
-    c = Adam([Parameter("a.W", backend.zeros((3,)))])
+    a = Adam([Parameter("a.W", backend.zeros((2,)))], backend=backend)
+    b = Adam([Parameter("b.W", backend.zeros((2,)))], backend=backend)
+    c = Adam([Parameter("a.W", backend.zeros((3,)))], backend=backend)
     with pytest.raises(ValueError, match="holds parameters"):
         b.load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="has shape"):
@@ -117,13 +118,52 @@ def test_load_state_dict_refuses_other_parameters(make_backend):
 def test_duplicate_parameter_names_are_refused(make_backend):
     backend = make_backend()
     with pytest.raises(ValueError, match="unique"):
-        Adam([Parameter("x", backend.zeros((1,))), Parameter("x", backend.zeros((1,)))])
+        Adam([Parameter("x", backend.zeros((1,))), Parameter("x", backend.zeros((1,)))], backend=backend)
 
 
 def test_adam_keeps_float32(make_backend):
     backend = make_backend("float32")
     p = _parameter(backend, np.ones(4, dtype=np.float32), np.full(4, 0.1, dtype=np.float32))
-    adam = Adam([p])
+    adam = Adam([p], backend=backend)
     adam.step()
     assert p.data.dtype == adam.moments["m"]["layer.W"].dtype == adam.moments["v"]["layer.W"].dtype == np.float32
     assert math.isclose(float(p.data[0]), 1 - 1e-3, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_chunked_threaded_update_equals_the_single_pass(make_backend, monkeypatch, threads):
+    from minivae import optim
+
+    monkeypatch.setattr(optim, "CHUNK", 7)  # many chunks, uneven shares
+    backend = make_backend("float64", 0)
+    results = []
+    for use_threads in (1, threads):
+        p = Parameter("w", backend.to_device(np.linspace(-1, 1, 50)))
+        adam = Adam([p], lr=0.1, backend=backend, threads=use_threads)
+        for k in range(3):
+            p.grad[...] = backend.to_device(np.cos(np.arange(50.0) * (k + 1)))
+            adam.step()
+        results.append(backend.to_numpy(p.data))
+    assert (results[0] == results[1]).all()
+
+
+def test_split_work_covers_every_element_once():
+    from minivae.optim import _split_work
+
+    for size, threads, chunk in [(10, 2, 3), (7, 3, None), (1, 2, 4), (100, 1, 100)]:
+        covered = [i for share in _split_work(size, threads, chunk) for piece in share
+                   for i in range(size)[piece]]
+        assert covered == list(range(size))
+
+
+def test_optimizer_shares_the_model_buffer_and_writes_through_views(make_backend):
+    from minivae.model import VAE
+
+    model = VAE(6, (4,), 2, backend=make_backend("float32", 0))
+    adam = Adam(model.parameters())
+    assert adam.buffer is model.buffer
+    before = [p.data.copy() for p in model.parameters()]
+    model.loss_and_backward(model.backend.uniform((3, 6)))
+    adam.step()
+    assert all(bool((p.data != b).any()) for p, b in zip(model.parameters(), before))
+    assert all(p.data.base is not None for p in model.parameters())
