@@ -26,25 +26,33 @@ class Bernoulli:
         self.special = backend.special
 
     def nll(self, logits, x):
-        """Eq. (8): ``NLL = sum_d softplus(l_d) - x_d * l_d``, with
-        ``softplus(l) = max(l, 0) + log1p(exp(-|l|))``. logits, x: (N, D) -> (N,)."""
-        return self._nll(logits, x, self.xp.exp(-self.xp.abs(logits)))
+        """Eq. (8): ``NLL = sum_d softplus(l_d) - x_d * l_d``. logits, x: (N, D) -> (N,)."""
+        return (self._softplus(logits) - x * logits).sum(axis=1)
 
     def nll_and_grad(self, logits, x):
         """Eq. (8) and eq. (10): the NLL per row and ``dNLL/dlogits = sigmoid(l) - x``.
 
+        sigmoid(l) is computed as ``exp(l - softplus(l))`` (that is, exp(log sigmoid(l))): the exponent
+        is <= 0, so it never overflows, and it reuses the softplus the NLL needs.
         logits, x: (N, D) -> (nll (N,), dlogits (N, D)).
         """
-        xp = self.xp
-        exp_neg_abs = xp.exp(-xp.abs(logits))  # in (0, 1]: never overflows
-        nll = self._nll(logits, x, exp_neg_abs)
-        # sigmoid(l) = 1 / (1 + e^{-l}) for l >= 0 and e^{l} / (1 + e^{l}) for l < 0, both from e^{-|l|}
-        sigmoid = xp.where(logits >= 0, 1, exp_neg_abs) / (1 + exp_neg_abs)
-        return nll, sigmoid - x
+        softplus = self._softplus(logits)
+        nll = (softplus - x * logits).sum(axis=1)
+        sigmoid = self.xp.exp(logits - softplus)
+        sigmoid -= x
+        return nll, sigmoid
 
-    def _nll(self, logits, x, exp_neg_abs):
-        softplus = self.xp.maximum(logits, 0) + self.xp.log1p(exp_neg_abs)
-        return (softplus - x * logits).sum(axis=1)
+    def _softplus(self, logits):
+        """``softplus(l) = log(1 + e^l) = max(l, 0) + log1p(exp(-|l|))``, with max(l, 0) written
+        (l + |l|) / 2; exp(-|l|) is in (0, 1], so nothing overflows for any finite l."""
+        xp = self.xp
+        abs_logits = xp.abs(logits)
+        softplus = xp.exp(-abs_logits)
+        xp.log1p(softplus, out=softplus)
+        abs_logits += logits
+        abs_logits *= 0.5
+        softplus += abs_logits
+        return softplus
 
     def mean(self, logits):
         """The pixel means sigmoid(logits), in [0, 1]."""

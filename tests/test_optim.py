@@ -131,10 +131,7 @@ def test_adam_keeps_float32(make_backend):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_chunked_threaded_update_equals_the_single_pass(make_backend, monkeypatch, threads):
-    from minivae import optim
-
-    monkeypatch.setattr(optim, "CHUNK", 7)  # many chunks, uneven shares
+def test_threaded_update_equals_the_single_pass(make_backend, threads):
     backend = make_backend("float64", 0)
     results = []
     for use_threads in (1, threads):
@@ -150,9 +147,8 @@ def test_chunked_threaded_update_equals_the_single_pass(make_backend, monkeypatc
 def test_split_work_covers_every_element_once():
     from minivae.optim import _split_work
 
-    for size, threads, chunk in [(10, 2, 3), (7, 3, None), (1, 2, 4), (100, 1, 100)]:
-        covered = [i for share in _split_work(size, threads, chunk) for piece in share
-                   for i in range(size)[piece]]
+    for size, threads in [(10, 2), (7, 3), (1, 2), (100, 1), (650_824, 2)]:
+        covered = [i for share in _split_work(size, threads) for i in range(size)[share]]
         assert covered == list(range(size))
 
 
