@@ -5,6 +5,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from device_guard import GuardBackend
 from minivae.backend import cupy_unavailable_reason, get_backend
 
 # `ci`: bounded examples and no deadline (shared 2-core runners time erratically). Selected when CI is set.
@@ -14,7 +15,10 @@ settings.register_profile("dev", max_examples=60, deadline=None, suppress_health
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-BACKEND_NAMES = ["numpy"] + (["cupy"] if cupy_unavailable_reason() is None else [])
+# numpy; the device guard (NumPy refusing what CuPy refuses: host/device mixing, implicit
+# conversion), so every test body also proves the device path on a machine without a GPU; and
+# cupy itself wherever it imports and sees a GPU.
+BACKEND_NAMES = ["numpy", "device-guard"] + (["cupy"] if cupy_unavailable_reason() is None else [])
 
 
 @pytest.fixture(params=BACKEND_NAMES, scope="session")
@@ -22,6 +26,8 @@ def make_backend(request):
     """A factory ``make_backend(dtype="float64", seed=0)`` for each available backend."""
 
     def make(dtype="float64", seed=0):
+        if request.param == "device-guard":
+            return GuardBackend(dtype=dtype, seed=seed)
         return get_backend(request.param, dtype=dtype, seed=seed)
 
     make.name = request.param

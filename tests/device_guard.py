@@ -1,0 +1,236 @@
+"""A NumPy-backed stand-in for CuPy that refuses what CuPy refuses, so CI can prove without a GPU that
+the device path never mixes host and device memory.
+
+Device arrays are ``GuardArray`` objects wrapping a NumPy array. Like CuPy arrays they refuse:
+- implicit conversion to NumPy (``np.asarray(a)``, ``np.exp(a)``, passing one to matplotlib, ...):
+  ``__array__`` raises TypeError; the explicit ways are ``a.get()`` and ``backend.to_numpy(a)``;
+- mixing with host arrays: an operation or ``xp`` function given a ``numpy.ndarray`` raises
+  TypeError. The explicit way in is ``xp.asarray(host_array)`` (``backend.to_device``).
+Python and NumPy scalars mix freely, and ``float()`` / ``bool()`` of a 0-d array work, as in CuPy.
+Reductions return 0-d device arrays, as in CuPy.
+"""
+
+import collections
+import operator
+import types
+
+import numpy as np
+import scipy.special
+
+from minivae.backend import Backend
+
+# Every explicit copy between host and device, counted, so a test can bound them.
+TRANSFERS = collections.Counter()
+
+
+class GuardArray:
+    """A device array: a NumPy array that may only meet other device arrays."""
+
+    __slots__ = ("_array",)
+    __array_priority__ = 1000
+
+    def __init__(self, array):
+        self._array = array
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion of a device array to a NumPy array is not allowed; use .get()")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        raise TypeError(f"NumPy ufunc {ufunc.__name__} applied to a device array: use the backend's xp")
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(f"NumPy function {func.__name__} applied to a device array: use the backend's xp")
+
+    def get(self):
+        """The explicit device -> host copy."""
+        TRANSFERS["to_host"] += 1
+        return self._array.copy()
+
+    # shape and metadata
+    shape = property(lambda self: self._array.shape)
+    dtype = property(lambda self: self._array.dtype)
+    size = property(lambda self: self._array.size)
+    ndim = property(lambda self: self._array.ndim)
+    flags = property(lambda self: self._array.flags)
+    T = property(lambda self: GuardArray(self._array.T))
+
+    def __len__(self):
+        return len(self._array)
+
+    def __repr__(self):
+        return f"GuardArray({self._array!r})"
+
+    # host scalars, explicitly (CuPy allows these on 0-d arrays)
+    def __float__(self):
+        TRANSFERS["to_host"] += 1
+        return float(self._array)
+
+    def __int__(self):
+        TRANSFERS["to_host"] += 1
+        return int(self._array)
+
+    def __bool__(self):
+        TRANSFERS["to_host"] += 1
+        return bool(self._array)
+
+    def __index__(self):
+        return operator.index(self._array)
+
+    def item(self):
+        return self._array.item()
+
+    # indexing
+    def __getitem__(self, key):
+        return _wrap(self._array[_unwrap_key(key)])
+
+    def __setitem__(self, key, value):
+        self._array[_unwrap_key(key)] = _unwrap(value)
+
+    def __iter__(self):
+        return (_wrap(row) for row in self._array)
+
+    def __getattr__(self, name):
+        """Methods (reshape, sum, copy, astype, mean, min, max, ravel, all, any, ...): unwrap the
+        arguments, wrap the results."""
+        attribute = getattr(self._array, name)
+        if not callable(attribute):
+            raise AttributeError(name)
+
+        def method(*args, **kwargs):
+            return _wrap(attribute(*_unwrap_all(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+        return method
+
+
+def _binary(op):
+    def forward(self, other):
+        return _wrap(op(self._array, _unwrap(other)))
+
+    def reflected(self, other):
+        return _wrap(op(_unwrap(other), self._array))
+
+    return forward, reflected
+
+
+def _inplace(op):
+    def method(self, other):
+        op(self._array, _unwrap(other))
+        return self
+
+    return method
+
+
+for _name, _op, _iop in [("add", operator.add, operator.iadd), ("sub", operator.sub, operator.isub),
+                         ("mul", operator.mul, operator.imul), ("truediv", operator.truediv, operator.itruediv),
+                         ("pow", operator.pow, operator.ipow), ("matmul", operator.matmul, operator.imatmul)]:
+    _forward, _reflected = _binary(_op)
+    setattr(GuardArray, f"__{_name}__", _forward)
+    setattr(GuardArray, f"__r{_name}__", _reflected)
+    setattr(GuardArray, f"__i{_name}__", _inplace(_iop))
+for _name, _op in [("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
+                   ("eq", operator.eq), ("ne", operator.ne), ("and", operator.and_), ("or", operator.or_)]:
+    setattr(GuardArray, f"__{_name}__", _binary(_op)[0])
+GuardArray.__neg__ = lambda self: GuardArray(-self._array)
+GuardArray.__abs__ = lambda self: GuardArray(abs(self._array))
+GuardArray.__invert__ = lambda self: GuardArray(~self._array)
+GuardArray.__hash__ = None
+
+
+def _unwrap(value):
+    if isinstance(value, GuardArray):
+        return value._array
+    if isinstance(value, np.ndarray):
+        raise TypeError("a host (NumPy) array met a device array: move it with backend.to_device first")
+    if isinstance(value, tuple):
+        return tuple(_unwrap(v) for v in value)
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def _unwrap_all(values):
+    return [_unwrap(v) for v in values]
+
+
+def _unwrap_key(key):
+    if isinstance(key, tuple):
+        return tuple(_unwrap(k) for k in key)
+    return _unwrap(key)
+
+
+def _wrap(value):
+    if isinstance(value, np.ndarray):
+        return GuardArray(value)
+    if isinstance(value, np.generic):  # reductions give 0-d device arrays, as in CuPy
+        return GuardArray(np.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _device_function(function):
+    def call(*args, **kwargs):
+        return _wrap(function(*_unwrap_all(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+    call.__name__ = function.__name__
+    return call
+
+
+def _to_device(array, dtype=None):
+    """The explicit host -> device copy (``cupy.asarray``)."""
+    TRANSFERS["to_device"] += 1
+    if isinstance(array, GuardArray):
+        return GuardArray(array._array.astype(dtype, copy=False)) if dtype is not None else array
+    return GuardArray(np.array(array, dtype=dtype, copy=True))
+
+
+class _GuardGenerator:
+    """numpy's Generator, handing out device arrays."""
+
+    def __init__(self, seed):
+        self._generator = np.random.default_rng(seed)
+        self.bit_generator = self._generator.bit_generator
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return _wrap(self._generator.standard_normal(size, dtype=dtype))
+
+    def random(self, size=None, dtype=np.float64):
+        return _wrap(self._generator.random(size, dtype=dtype))
+
+
+def _module():
+    xp = types.SimpleNamespace()
+    for name in ("abs", "exp", "log", "log1p", "sqrt", "tanh", "maximum", "minimum", "multiply", "divide", "add",
+                 "subtract", "matmul", "where", "concatenate", "stack", "tile", "argsort", "zeros", "ones", "empty",
+                 "zeros_like", "empty_like", "ones_like", "isfinite", "isnan", "broadcast_to", "arange", "full",
+                 "logaddexp", "sign", "linspace", "sum", "mean", "max", "min", "all", "any", "square"):
+        setattr(xp, name, _device_function(getattr(np, name)))
+    xp.asarray = _to_device
+    xp.dtype = np.dtype
+    xp.float32, xp.float64 = np.float32, np.float64
+    xp.ndarray = GuardArray
+    xp.random = types.SimpleNamespace(default_rng=_GuardGenerator)
+    xp.linalg = types.SimpleNamespace(norm=_device_function(np.linalg.norm))
+    special = types.SimpleNamespace(expit=_device_function(scipy.special.expit),
+                                    logsumexp=_device_function(scipy.special.logsumexp))
+    return xp, special
+
+
+class GuardBackend(Backend):
+    """A Backend whose arrays behave like CuPy's in what they refuse; its random stream equals the
+    NumPy backend's for the same seed, so results can be compared with a NumPy run bit for bit."""
+
+    def __init__(self, dtype="float32", seed=0):
+        xp, special = _module()
+        super().__init__("device-guard", xp, special, dtype=dtype, seed=seed)
+
+    def with_seed(self, seed):
+        return GuardBackend(self.dtype.name, seed)
+
+    def rng_state(self):
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self.rng.bit_generator.state = state

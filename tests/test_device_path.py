@@ -1,0 +1,97 @@
+"""The device path, proven without a GPU: training, test evaluation, pictures and checkpoints run on
+the device guard (NumPy refusing what CuPy refuses), with a bounded number of explicit transfers in
+the training loop, and give bit for bit the NumPy backend's results."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import device_guard
+from minivae import train
+from minivae.data import IDX_FILES, write_idx
+
+
+def _tiny_idx_dataset(folder, n_train=96, n_test=32, shape=(6, 5)):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    prototypes = rng.integers(0, 256, (3,) + shape)
+    for (images, labels), n in zip([IDX_FILES[:2], IDX_FILES[2:]], [n_train, n_test]):
+        label = rng.integers(0, 3, n)
+        write_idx(folder / images, prototypes[label].astype(np.uint8))
+        write_idx(folder / labels, label.astype(np.uint8))
+    return folder
+
+
+def _train(tmp_path, out, backend_factory, monkeypatch, extra_flags=()):
+    monkeypatch.setattr(train, "get_backend", backend_factory)
+    flags = ["--data-dir", str(_tiny_idx_dataset(tmp_path / "data")), "--out", str(tmp_path / out), "--epochs", "2",
+             "--batch-size", "16", "--hidden", "12", "--latent-dim", "2", "--log-interval", "2", "--quiet",
+             *extra_flags]
+    assert train.main(flags) == 0
+    return tmp_path / out
+
+
+def _guard_backend(name, dtype, seed):
+    return device_guard.GuardBackend(dtype=dtype, seed=seed)
+
+
+def test_training_on_the_device_guard_matches_numpy_bit_for_bit(tmp_path, monkeypatch):
+    guard_out = _train(tmp_path, "guard", _guard_backend, monkeypatch, ["--binarize", "dynamic"])
+    numpy_out = _train(tmp_path, "numpy", train.get_backend, monkeypatch, ["--binarize", "dynamic"])
+    for out in (guard_out, numpy_out):
+        for name in ("checkpoint.npz", "metrics.csv", "loss.png", "sample_2.png", "reconstruction_2.png",
+                     "manifold.png", "latent_scatter.png"):
+            assert (out / name).is_file(), name
+    guard_metrics = np.genfromtxt(guard_out / "metrics.csv", delimiter=",", names=True)
+    numpy_metrics = np.genfromtxt(numpy_out / "metrics.csv", delimiter=",", names=True)
+    for column in ("train_loss", "test_loss", "test_loss_mean"):
+        assert (guard_metrics[column] == numpy_metrics[column]).all(), column
+    with np.load(guard_out / "checkpoint.npz") as a, np.load(numpy_out / "checkpoint.npz") as b:
+        for key in a.files:
+            if key.startswith("param/"):
+                assert (a[key] == b[key]).all(), key
+
+
+def test_resume_on_the_device_guard(tmp_path, monkeypatch):
+    out = _train(tmp_path, "run", _guard_backend, monkeypatch)
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 2
+    assert train.main(["--resume", str(out), "--epochs", "3", "--quiet"]) == 0
+    assert (out / "sample_3.png").is_file()
+
+
+def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(tmp_path, monkeypatch):
+    counts = []
+    original = train.Trainer._train
+
+    def counted(self, epoch):
+        device_guard.TRANSFERS.clear()
+        result = original(self, epoch)
+        counts.append(dict(device_guard.TRANSFERS))
+        return result
+
+    monkeypatch.setattr(train.Trainer, "_train", counted)
+    _train(tmp_path, "run", _guard_backend, monkeypatch)
+    steps = math.ceil(96 / 16)
+    for count in counts:
+        assert count.get("to_device", 0) == 0
+        # one read of the step losses per --log-interval (2 steps), and the epoch's sums
+        assert count.get("to_host", 0) <= math.ceil(steps / 2) + 1
+
+
+def test_the_guard_refuses_what_cupy_refuses():
+    backend = device_guard.GuardBackend("float32", 0)
+    device = backend.standard_normal((2, 3))
+    host = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(TypeError, match="host"):
+        device + host
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(device)
+    with pytest.raises(TypeError):
+        np.exp(device)
+    with pytest.raises(TypeError, match="host"):
+        backend.xp.matmul(device, host.T)
+    assert isinstance(backend.to_numpy(device), np.ndarray)
+    assert float(device.sum()) == pytest.approx(float(backend.to_numpy(device).sum()))
