@@ -15,14 +15,17 @@ def as_samples(eps, mu):
     return eps.reshape((-1,) + tuple(mu.shape))
 
 
-def reparameterize(xp, mu, logvar, eps):
+def reparameterize(xp, mu, logvar, eps, kernels=None):
     """Eq. (5): ``z = mu + eps * exp(0.5 * logvar)``, eps ~ N(0, I) held fixed.
 
-    mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> z: (L*B, J).
+    mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> z: (L*B, J). ``kernels``: the backend's fused
+    kernels (CuPy), which compute the same in one pass; None for this plain code.
     """
     eps = as_samples(eps, mu)
-    std = xp.exp(0.5 * logvar)
-    z = mu + eps * std
+    if kernels is not None:
+        z = kernels.reparameterize(mu, logvar, eps)
+    else:
+        z = mu + eps * xp.exp(0.5 * logvar)
     return z.reshape(-1, mu.shape[1])
 
 
@@ -39,12 +42,14 @@ def reparameterize_backward(xp, dz, logvar, eps):
     return dmu, dlogvar
 
 
-def kl_divergence(xp, mu, logvar):
+def kl_divergence(xp, mu, logvar, kernels=None):
     """Eq. (7), per datapoint: ``KL(N(mu, diag exp(logvar)) || N(0, I))
     = -0.5 * sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))``.
 
-    mu, logvar: (B, J) -> (B,).
+    mu, logvar: (B, J) -> (B,). ``kernels``: the backend's fused kernels, or None.
     """
+    if kernels is not None:
+        return kernels.kl_terms(mu, logvar).sum(axis=1)
     return -0.5 * (1 + logvar - mu * mu - xp.exp(logvar)).sum(axis=1)
 
 
@@ -59,6 +64,24 @@ def kl_divergence_backward(xp, mu, logvar, dkl=None):
     if dkl is None:
         return dmu.copy(), dlogvar
     return dmu * dkl[:, None], dlogvar * dkl[:, None]
+
+
+def head_gradient(xp, dz, mu, logvar, eps, kernels=None):
+    """Eq. (18): the gradient at the encoder head ``[mu | logvar]``, both paths added:
+    ``dmu = sum_l dz_l + mu``, ``dlogvar = sum_l dz_l * eps_l * 0.5 * exp(0.5 logvar)
+    + 0.5 * (exp(logvar) - 1)`` (eq. (16) through z, eq. (17) through the KL of the batch sum).
+
+    dz: (L*B, J); mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> dhead: (B, 2J).
+    ``kernels``: the backend's fused kernels (one pass after the sums over L), or None.
+    """
+    if kernels is None:
+        dmu_rec, dlogvar_rec = reparameterize_backward(xp, dz, logvar, eps)
+        dmu_kl, dlogvar_kl = kl_divergence_backward(xp, mu, logvar)
+        return xp.concatenate([dmu_rec + dmu_kl, dlogvar_rec + dlogvar_kl], axis=1)
+    eps = as_samples(eps, mu)
+    dz = dz.reshape(eps.shape)
+    dmu, dlogvar = kernels.head_gradient(dz.sum(axis=0), (dz * eps).sum(axis=0), mu, logvar)
+    return xp.concatenate([dmu, dlogvar], axis=1)
 
 
 def gaussian_log_density(xp, z, mu, logvar):

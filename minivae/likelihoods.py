@@ -24,6 +24,7 @@ class Bernoulli:
     def __init__(self, backend):
         self.xp = backend.xp
         self.special = backend.special
+        self.kernels = backend.kernels
 
     def nll(self, logits, x):
         """Eq. (8): ``NLL = sum_d softplus(l_d) - x_d * l_d``. logits, x: (N, D) -> (N,)."""
@@ -36,6 +37,9 @@ class Bernoulli:
         is <= 0, so it never overflows, and it reuses the softplus the NLL needs.
         logits, x: (N, D) -> (nll (N,), dlogits (N, D)).
         """
+        if self.kernels is not None:  # the same formulas in one fused pass (CuPy)
+            nll_terms, dlogits = self.kernels.bernoulli_nll_and_grad(logits, x)
+            return nll_terms.sum(axis=1), dlogits
         softplus = self._softplus(logits)
         nll = (softplus - x * logits).sum(axis=1)
         sigmoid = self.xp.exp(logits - softplus)

@@ -12,7 +12,7 @@
 from collections import namedtuple
 
 from .backend import numpy_backend
-from .gaussian import kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
+from .gaussian import head_gradient, kl_divergence, reparameterize
 from .layers import ParameterBuffer, mlp
 from .likelihoods import make_likelihood
 
@@ -96,17 +96,17 @@ class VAE:
         (the deterministic test loss). Returns (reconstruction (B,), kl (B,)): the reconstruction
         NLL averaged over the L samples (eq. (3)) and the KL (eq. (7)).
         """
-        xp = self.backend.xp
+        xp, kernels = self.backend.xp, self.backend.kernels
         mu, logvar = self.encode(x)
         if use_mean:
             z, n_samples = mu, 1
         else:
             eps = self.draw_eps(x.shape[0]) if eps is None else eps
-            z = reparameterize(xp, mu, logvar, eps)
+            z = reparameterize(xp, mu, logvar, eps, kernels)
             n_samples = z.shape[0] // x.shape[0]
         nll = self.likelihood.nll(self.decoder.forward(z), self._repeat(x, n_samples))
         reconstruction = nll.reshape(n_samples, -1).mean(axis=0)
-        return reconstruction, kl_divergence(xp, mu, logvar)
+        return reconstruction, kl_divergence(xp, mu, logvar, kernels)
 
     def loss_and_backward(self, x, eps=None):
         """One forward and hand-written backward pass over a batch: the loss of eq. (3) and its
@@ -116,21 +116,19 @@ class VAE:
         Returns LossTerms summed over the batch, and overwrites every parameter's ``grad`` with
         d(total)/d(parameter).
         """
-        xp = self.backend.xp
+        xp, kernels = self.backend.xp, self.backend.kernels
         batch_size = x.shape[0]
         eps = self.draw_eps(batch_size) if eps is None else eps
         mu, logvar = self.encode(x)                                    # eq. (4)
-        z = reparameterize(xp, mu, logvar, eps)                        # eq. (5)
+        z = reparameterize(xp, mu, logvar, eps, kernels)               # eq. (5)
         n_samples = z.shape[0] // batch_size
         out = self.decoder.forward(z)                                  # eq. (6)
         nll, dout = self.likelihood.nll_and_grad(out, self._repeat(x, n_samples))  # eq. (8)-(11)
-        kl = kl_divergence(xp, mu, logvar)                             # eq. (7)
+        kl = kl_divergence(xp, mu, logvar, kernels)                    # eq. (7)
         if n_samples > 1:
             dout *= 1.0 / n_samples                                    # the 1/L of eq. (3)
         dz = self.decoder.backward(dout)                               # eq. (12)-(15)
-        dmu_rec, dlogvar_rec = reparameterize_backward(xp, dz, logvar, eps)  # eq. (16)
-        dmu_kl, dlogvar_kl = kl_divergence_backward(xp, mu, logvar)    # eq. (17)
-        dhead = xp.concatenate([dmu_rec + dmu_kl, dlogvar_rec + dlogvar_kl], axis=1)  # eq. (18)
+        dhead = head_gradient(xp, dz, mu, logvar, eps, kernels)       # eq. (16)-(18)
         self.encoder.backward(dhead)
         reconstruction = nll.sum() / n_samples
         kl_sum = kl.sum()

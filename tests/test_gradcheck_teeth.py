@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minivae import gaussian, layers, likelihoods, model
+from minivae import gaussian, layers, likelihoods
 from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error, numerical_gradient, relative_error
 from minivae.model import VAE
 
@@ -75,8 +75,8 @@ def _bernoulli_gradient_sign_flipped(self, logits, x):
 
 
 MUTATIONS = {
-    "dlogvar without its 0.5": (model, "reparameterize_backward", _dlogvar_without_its_half),
-    "KL gradient with exp(0.5 logvar)": (model, "kl_divergence_backward", _kl_gradient_with_exp_half_logvar),
+    "dlogvar without its 0.5": (gaussian, "reparameterize_backward", _dlogvar_without_its_half),
+    "KL gradient with exp(0.5 logvar)": (gaussian, "kl_divergence_backward", _kl_gradient_with_exp_half_logvar),
     "Linear dx missing a transpose": (layers.Linear, "backward", _linear_dx_missing_transpose),
     "Linear db a mean": (layers.Linear, "backward", _linear_db_mean_instead_of_sum),
     "ReLU backward without its mask": (layers.ReLU, "backward", _relu_without_its_mask),

@@ -5,7 +5,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error
-from kinks import relu_input_margin
+from kinks import KINK_MARGIN, relu_input_margin
 from minivae.layers import Linear, ReLU, Sequential, Sigmoid, Tanh, mlp
 
 batch = st.integers(1, 6)
@@ -42,7 +42,7 @@ def test_activation_gradients(make_backend, kind, n, d, seed):
     # in [-4, 4]: beyond, tanh and sigmoid saturate and their true gradient (< 1e-3) drowns in the
     # finite difference's rounding noise; and away from 0, where ReLU is not differentiable
     x = (backend.uniform((n, d)) * 2 - 1) * 4
-    assume(float(abs(x).min()) > 1e-3)
+    assume(float(abs(x).min()) > KINK_MARGIN)
     dy = backend.standard_normal((n, d))
     layer.forward(x)
     dx = layer.backward(dy)
@@ -56,7 +56,7 @@ def test_mlp_gradients(make_backend, kind, n, sizes, seed):
     net = mlp(sizes, kind, backend, "net")
     x = backend.standard_normal((n, sizes[0]))
     dy = backend.standard_normal((n, sizes[-1]))
-    assume(relu_input_margin(net, x) > 1e-3)
+    assume(relu_input_margin(net, x) > KINK_MARGIN)
     net.forward(x)
     dx = net.backward(dy)
 

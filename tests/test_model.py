@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from kinks import relu_input_margin
+from kinks import KINK_MARGIN, relu_input_margin
 from minivae.gaussian import reparameterize
 from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error
 from minivae.model import VAE
@@ -26,7 +26,7 @@ def test_vae_loss_gradient_for_every_parameter(make_backend, n, d, hidden, j, n_
     eps = model.draw_eps(n)
     mu, logvar = model.encode(x)
     z = reparameterize(backend.xp, mu, logvar, eps)
-    assume(min(relu_input_margin(model.encoder, x), relu_input_margin(model.decoder, z)) > 1e-3)
+    assume(min(relu_input_margin(model.encoder, x), relu_input_margin(model.decoder, z)) > KINK_MARGIN)
     model.loss_and_backward(x, eps)
     dtotal = float(backend.standard_normal(()))  # a random upstream gradient of the scalar loss
 
