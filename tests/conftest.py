@@ -18,7 +18,9 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 # numpy; the device guard (NumPy refusing what CuPy refuses: host/device mixing, implicit
 # conversion), so every test body also proves the device path on a machine without a GPU; and
 # cupy itself wherever it imports and sees a GPU.
-BACKEND_NAMES = ["numpy", "device-guard"] + (["cupy"] if cupy_unavailable_reason() is None else [])
+# The guard runs twice: with the plain xp code and with the fused-kernel path CuPy takes.
+BACKEND_NAMES = ["numpy", "device-guard", "device-guard-fused"] + (
+    ["cupy"] if cupy_unavailable_reason() is None else [])
 
 
 @pytest.fixture(params=BACKEND_NAMES, scope="session")
@@ -26,8 +28,8 @@ def make_backend(request):
     """A factory ``make_backend(dtype="float64", seed=0)`` for each available backend."""
 
     def make(dtype="float64", seed=0):
-        if request.param == "device-guard":
-            return GuardBackend(dtype=dtype, seed=seed)
+        if request.param.startswith("device-guard"):
+            return GuardBackend(dtype=dtype, seed=seed, fused=request.param.endswith("fused"))
         return get_backend(request.param, dtype=dtype, seed=seed)
 
     make.name = request.param

@@ -218,16 +218,47 @@ def _module():
     return xp, special
 
 
+def _elementwise_kernel(body):
+    """Mimic a CuPy ElementwiseKernel: broadcast the device inputs, run ``body`` on NumPy arrays."""
+    def kernel(*inputs):
+        return _wrap(body(*np.broadcast_arrays(*_unwrap_all(inputs))))
+
+    return kernel
+
+
+def _bernoulli_nll_and_grad(l, x):
+    a = np.abs(l)
+    softplus = (l + a) * 0.5 + np.log1p(np.exp(-a))
+    return softplus - x * l, np.exp(l - softplus) - x
+
+
+def _head_gradient(dz_sum, dz_eps_sum, mu, logvar):
+    return dz_sum + mu, dz_eps_sum * 0.5 * np.exp(0.5 * logvar) + 0.5 * (np.exp(logvar) - 1)
+
+
+def guard_kernels():
+    """The kernels of ``minivae.backend.cupy_kernels``, same names, signatures and formulas, on the
+    guard's arrays: so CI runs the code that dispatches to fused kernels and reduces their output."""
+    return types.SimpleNamespace(
+        bernoulli_nll_and_grad=_elementwise_kernel(_bernoulli_nll_and_grad),
+        reparameterize=_elementwise_kernel(lambda mu, logvar, eps: mu + eps * np.exp(0.5 * logvar)),
+        kl_terms=_elementwise_kernel(lambda mu, logvar: -0.5 * (1 + logvar - mu * mu - np.exp(logvar))),
+        head_gradient=_elementwise_kernel(_head_gradient),
+    )
+
+
 class GuardBackend(Backend):
     """A Backend whose arrays behave like CuPy's in what they refuse; its random stream equals the
-    NumPy backend's for the same seed, so results can be compared with a NumPy run bit for bit."""
+    NumPy backend's for the same seed, so results can be compared with a NumPy run. With
+    ``fused=True`` it also takes CuPy's fused-kernel path (``guard_kernels``)."""
 
-    def __init__(self, dtype="float32", seed=0):
+    def __init__(self, dtype="float32", seed=0, fused=False):
         xp, special = _module()
-        super().__init__("device-guard", xp, special, dtype=dtype, seed=seed)
+        super().__init__("device-guard", xp, special, dtype=dtype, seed=seed,
+                         kernels=guard_kernels() if fused else None)
 
     def with_seed(self, seed):
-        return GuardBackend(self.dtype.name, seed)
+        return GuardBackend(self.dtype.name, seed, fused=self.kernels is not None)
 
     def rng_state(self):
         return self.rng.bit_generator.state
