@@ -8,6 +8,7 @@ had never stopped.
 """
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -22,7 +23,7 @@ from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import DATASETS, binarize_static, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
-from .fileio import atomic_write, folder_lock
+from .fileio import LOCK_NAME, atomic_write, folder_lock
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
@@ -34,6 +35,7 @@ METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
                    "test_reconstruction", "test_kl", "seconds", "samples_per_second")
 EVAL_BATCH_SIZE = 1000
+RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype float64"
 
 # The settings of a run, with the classic PyTorch example's defaults where it has one. Flags left
 # unset on the command line take these (or, with --resume, the saved run's) values.
@@ -53,6 +55,13 @@ def positive_int(text):
     return value
 
 
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
@@ -60,8 +69,15 @@ def positive_float(text):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each refused flag reported on ONE line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m minivae.train", description="Train a VAE whose every gradient is written by hand.")
     add = parser.add_argument
     add("--dataset", choices=sorted(DATASETS),
@@ -82,7 +98,7 @@ def build_parser():
     add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
     add("--binarize", choices=("none", "static", "dynamic"),
         help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
-    add("--seed", type=int, help="random seed (default: 1)")
+    add("--seed", type=nonnegative_int, help="random seed (default: 1)")
     add("--out", default="results", help="folder for the run's files (default: results/)")
     add("--resume", metavar="DIR", help="continue the run in DIR up to --epochs")
     add("--log-interval", type=positive_int, default=10,
@@ -102,6 +118,13 @@ def main(argv=None):
             raise
         print(f"minivae-train: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # writing a picture, metrics.csv or config.json: disk full, read-only, ...
+        if args.debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"minivae-train: error: {where}{error.strerror or error}; check that the --out folder is "
+              f"writable and has free space", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("minivae-train: interrupted; the last complete epoch's checkpoint is kept", file=sys.stderr)
         return 130
@@ -112,10 +135,12 @@ def run(args):
     """Train as the parsed command line says; returns the metrics history (a list of dicts)."""
     log = (lambda message: None) if args.quiet else print
     out = args.resume if args.resume else args.out
-    _prepare_out_folder(out)
+    _prepare_out_folder(out, resuming=bool(args.resume))
     with folder_lock(out, lambda pid: MinivaeError(
-            f"another run (process {pid}) is writing to {out}; wait for it to finish, or choose another --out")):
+            f"another run (process {pid}) is writing to {out}; wait for it to finish, or choose another "
+            f"--out (if process {pid} is not a minivae run, delete {os.path.join(out, LOCK_NAME)})")):
         saved = _read_saved_run(out, resuming=bool(args.resume))
+        _remove_stale_temporaries(out)
         settings = _settings(args, saved)
         dataset = _load_data(settings, args, log)
         settings["dataset"] = dataset.name
@@ -124,23 +149,51 @@ def run(args):
         backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
         model = _build_model(settings, dataset, backend)
         optimizer = Adam(model.parameters(), lr=settings["lr"])
-        history, first_epoch = _resume_state(out, model, optimizer, log) if args.resume else ([], 1)
+        history, first_epoch = _resume_state(out, model, optimizer, dataset, log) if args.resume else ([], 1)
+        done = first_epoch - 1
+        if done > settings["epochs"]:
+            raise MinivaeError(f"--resume {out}: the run has already trained {done} epochs, more than "
+                               f"--epochs {settings['epochs']} (the total); pass --epochs {done + 1} or more "
+                               f"to train it further")
+        if done == settings["epochs"]:
+            log(f"{out}: the run has already trained all {done} epochs; pass --epochs {done + 1} or more "
+                f"to train it further")
+            return history
         with atomic_write(os.path.join(out, CONFIG_NAME), "w") as handle:
             json.dump({**settings, "version": __version__}, handle, indent=2)
         trainer = Trainer(model, optimizer, dataset, settings, out, args, log)
-        for epoch in range(first_epoch, settings["epochs"] + 1):
-            history.append(trainer.run_epoch(epoch, history))
-            _write_epoch_outputs(trainer, epoch, history)
+        # A NaN or inf is reported by the Trainer as one NumericalError; NumPy's warnings about it
+        # (overflow in exp, invalid value in matmul, ...) would only spill lines onto stderr.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for epoch in range(first_epoch, settings["epochs"] + 1):
+                history.append(trainer.run_epoch(epoch, history))
+                _write_epoch_outputs(trainer, epoch, history)
         return history
 
 
-def _prepare_out_folder(out):
+def _prepare_out_folder(out, resuming):
+    """Create ``--out`` (never the folder of ``--resume``, which must hold a run already)."""
+    if resuming and not os.path.isdir(out):
+        raise MinivaeError(f"--resume {out}: no such folder, so there is no run to resume; pass the --out "
+                           f"folder of an earlier run, or start a new run with --out {out}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise MinivaeError(f"--out {out}: is a file, not a folder; choose another --out")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as error:
         raise MinivaeError(f"--out {out}: cannot create the folder ({error.strerror}); choose a writable folder")
     if not os.access(out, os.W_OK | os.X_OK):
         raise MinivaeError(f"--out {out}: the folder is not writable; choose a writable folder")
+
+
+def _remove_stale_temporaries(out):
+    """Delete the temporary files (``.<name>.<random>.tmp``) that ``atomic_write`` leaves behind when a
+    run is killed in the middle of writing a file. Called under the folder's lock: no other run of
+    minivae is writing there."""
+    for name in os.listdir(out):
+        if name.startswith(".") and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(out, name))
 
 
 def _read_saved_run(out, resuming):
@@ -166,8 +219,9 @@ def _settings(args, saved):
     """The run's settings: the command line over the defaults, or, when resuming, the saved run's
     (a flag that would change a saved setting other than --epochs or --backend is refused)."""
     given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None}
+    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None  # a resume may run elsewhere
     if saved is None:
-        return {**DEFAULTS, **given, "data_dir": args.data_dir}
+        return {**DEFAULTS, **given, "data_dir": data_dir}
     for key, value in given.items():
         if key not in CHANGEABLE_ON_RESUME and saved.get(key) != value:
             flag = "--" + key.replace("_", "-")
@@ -175,7 +229,7 @@ def _settings(args, saved):
                                f"not {value}; drop {flag} to continue it, or start a new run with another --out")
     settings = {key: saved.get(key, default) for key, default in DEFAULTS.items()}
     settings.update({key: given[key] for key in CHANGEABLE_ON_RESUME if key in given})
-    settings["data_dir"] = args.data_dir or saved.get("data_dir")
+    settings["data_dir"] = data_dir or saved.get("data_dir")
     return settings
 
 
@@ -210,7 +264,7 @@ def _build_model(settings, dataset, backend):
                backend=backend)
 
 
-def _resume_state(out, model, optimizer, log):
+def _resume_state(out, model, optimizer, dataset, log):
     """Load the run's last complete checkpoint into model and optimizer; returns (history, next epoch).
     A run killed before its first checkpoint starts again from epoch 1."""
     path = os.path.join(out, CHECKPOINT_NAME)
@@ -218,6 +272,12 @@ def _resume_state(out, model, optimizer, log):
         log(f"{out}: no checkpoint yet; starting the run from epoch 1")
         return [], 1
     checkpoint = load_checkpoint(path)
+    trained_on, here = checkpoint.config.get("input_dim"), model.config["input_dim"]
+    if trained_on != here:
+        height, width = dataset.image_shape
+        raise CheckpointError(f"--resume {out}: the run was trained on images of {trained_on} pixels, but "
+                              f"{dataset.source} holds {height}x{width} = {here}; pass the --data-dir of the "
+                              f"dataset it was trained on, or start a new run with another --out")
     if not restore(checkpoint, model, optimizer):
         log(f"{path}: the random generator's state cannot be restored on the {model.backend.name} backend; "
             f"the resumed run will not repeat the uninterrupted one bit for bit")
@@ -259,9 +319,17 @@ class Trainer:
             "epoch": epoch, "train_loss": train_sums[2] / n_train, "train_reconstruction": train_sums[0] / n_train,
             "train_kl": train_sums[1] / n_train, "test_loss": test_sampled[2] / n_test,
             "test_loss_mean": test_mean[2] / n_test, "test_reconstruction": test_sampled[0] / n_test,
-            "test_kl": test_sampled[1] / n_test, "seconds": seconds, "samples_per_second": n_train / seconds,
+            "test_kl": test_sampled[1] / n_test, "seconds": seconds,
+            "samples_per_second": n_train / max(seconds, 1e-9),
         }
         record = {key: value if key == "epoch" else float(value) for key, value in record.items()}
+        for key, term in (("test_loss", "test loss"), ("test_loss_mean", "test loss with z = mu")):
+            if not math.isfinite(record[key]):
+                raise NumericalError(
+                    f"evaluation after epoch {epoch}: the {term} became "
+                    f"{'NaN' if math.isnan(record[key]) else 'infinite'}; no checkpoint was written for this "
+                    f"epoch, and {os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. "
+                    f"{RETRY_HINT}")
         self.log(f"epoch {epoch}/{self.settings['epochs']}  train loss {record['train_loss']:.2f}  "
                  f"test loss {record['test_loss']:.2f} (z = mu: {record['test_loss_mean']:.2f})  "
                  f"{seconds:.1f} s  {record['samples_per_second']:.0f} samples/s")
@@ -309,8 +377,7 @@ class Trainer:
         raise NumericalError(
             f"training stopped at epoch {epoch}, step {start + bad_rows[0] + 1}: the {term} became "
             f"{'NaN' if np.isnan(row).any() else 'infinite'}; no checkpoint was written for this epoch, and "
-            f"{os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. "
-            f"Try a lower --lr, or --dtype float64")
+            f"{os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. {RETRY_HINT}")
 
     def _test_sums(self, use_mean, epoch):
         """Summed (reconstruction, KL, total) over the test set, with z sampled (from a generator
