@@ -64,18 +64,24 @@ def folder_lock(folder, owner_error):
     process raises ``owner_error(pid)``: two runs never write into one folder at once.
     """
     path = os.path.join(folder, LOCK_NAME)
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            pid = _lock_owner(path)
-            if pid is not None and _process_alive(pid):
-                raise owner_error(pid) from None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # stale: its run is gone
+    # The lock appears with its process id already inside (written to a temporary file, then
+    # hard-linked into place, which fails if the lock exists): no reader ever sees an empty lock.
+    fd, claim = tempfile.mkstemp(prefix=LOCK_NAME + ".", dir=folder)
     with os.fdopen(fd, "w") as handle:
         handle.write(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(claim, path)
+                break
+            except FileExistsError:
+                pid = _lock_owner(path)
+                if pid is not None and _process_alive(pid):
+                    raise owner_error(pid) from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # stale: its run is gone
+    finally:
+        os.unlink(claim)
     try:
         yield
     finally:
