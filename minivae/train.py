@@ -353,7 +353,7 @@ class Trainer:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
             terms = model.loss_and_backward(x)
             step_values[step, :3] = xp.stack(terms)
-            step_values[step, 3] = sum(p.grad.sum() for p in model.parameters())
+            step_values[step, 3] = model.buffer.grad.sum()  # one pass over every gradient at once
             if (step + 1) % self.check_every == 0 or step + 1 == steps:
                 self._stop_if_not_finite(step_values, checked, step + 1, epoch)
                 checked = step + 1
