@@ -35,12 +35,12 @@ Imports: the module imports nothing from minivae but ``backend`` and ``errors`` 
 design's import rule); the model and its pieces are imported inside the functions that build them.
 """
 
-import argparse
 import math
 import sys
 from collections import namedtuple
 
 from .backend import BACKEND_NAMES, DTYPES, Backend, get_backend
+from .cli import Parser, nonnegative_int, positive_float, positive_int
 from .errors import BackendUnavailable
 
 DEFAULT_STEP = 1e-3  # h; perturbations reach 2h, so keep ReLU inputs > 1e-2 away from 0
@@ -297,51 +297,24 @@ def summarize(rows, tolerance):
 PROGRAM = "minivae-gradcheck"
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-# argparse reports a type's ValueError as "invalid <name> value"; name them for the reader
-_positive_int.__name__ = "positive integer"
-_non_negative_int.__name__ = "non-negative integer"
-_positive_float.__name__ = "positive number"
-
-
 def build_parser():
     from .layers import ACTIVATIONS
     from .likelihoods import LIKELIHOODS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROGRAM,
         description="Check every hand-written gradient of a small VAE (or of one piece of it, --layer) against "
                     "central finite differences, eq. (24) of docs/derivation.md, with the noise eps held fixed. "
                     "Prints one row per gradient and exits 1 if any relative error is above the tolerance.")
     model = parser.add_argument_group("model")
-    model.add_argument("--input-dim", type=_positive_int, default=12, help="D, values per data point (default 12)")
-    model.add_argument("--hidden", type=_positive_int, action="append",
+    model.add_argument("--input-dim", type=positive_int, default=12, help="D, values per data point (default 12)")
+    model.add_argument("--hidden", type=positive_int, action="append",
                        help="a hidden layer width; repeat for several layers (default: one layer of 8)")
-    model.add_argument("--latent-dim", type=_positive_int, default=3, help="J, the size of z (default 3)")
-    model.add_argument("--samples", type=_positive_int, default=1, help="L, samples of z per data point (default 1)")
-    model.add_argument("--batch-size", type=_positive_int, default=4, help="B, data points in the batch (default 4)")
+    model.add_argument("--latent-dim", type=positive_int, default=3, help="J, the size of z (default 3)")
+    model.add_argument("--samples", type=positive_int, default=1, help="L, samples of z per data point (default 1)")
+    model.add_argument("--batch-size", type=positive_int, default=4, help="B, data points in the batch (default 4)")
     model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default bernoulli)")
-    model.add_argument("--variance", type=_positive_float, default=1.0,
+    model.add_argument("--variance", type=positive_float, default=1.0,
                        help="s2 of the Gaussian likelihood (default 1.0)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
     check = parser.add_argument_group("check")
@@ -354,12 +327,12 @@ def build_parser():
                             "differences are always float64, on a copy of a float32 model")
     check.add_argument("--backend", choices=BACKEND_NAMES, default="numpy",
                        help="numpy, cupy, or auto (cupy when a CUDA device is visible) (default numpy)")
-    check.add_argument("--seed", type=_non_negative_int, default=0,
+    check.add_argument("--seed", type=nonnegative_int, default=0,
                        help="seeds the weights, the data and eps (default 0)")
-    check.add_argument("--tolerance", type=_positive_float,
+    check.add_argument("--tolerance", type=positive_float,
                        help=f"largest relative error that passes (default {DEFAULT_TOLERANCE:g}; "
                             f"{FLOAT32_TOLERANCE:g} with --dtype float32)")
-    check.add_argument("--step", type=_positive_float,
+    check.add_argument("--step", type=positive_float,
                        help=f"finite-difference step h (default {DEFAULT_STEP:g})")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser

@@ -7,7 +7,6 @@ atomically. ``--resume DIR`` continues the run in DIR up to ``--epochs`` (the to
 had never stopped.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
+from .cli import Parser, nonnegative_int, positive_float, positive_int
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import DATASETS, binarize_static, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
@@ -48,36 +48,8 @@ DEFAULTS = {
 CHANGEABLE_ON_RESUME = ("epochs", "backend")
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with each refused flag reported on ONE line (no usage block) and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser():
-    parser = _Parser(
+    parser = Parser(
         prog="python -m minivae.train", description="Train a VAE whose every gradient is written by hand.")
     add = parser.add_argument
     add("--dataset", choices=sorted(DATASETS),

@@ -452,7 +452,7 @@ def test_a_malformed_dataset_is_one_line_naming_the_file(run_args, tmp_path, cap
 BAD_FLAGS = [
     (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
     (["--epochs", "-3"], "argument --epochs: must be a positive integer, got -3"),
-    (["--epochs", "1.5"], "argument --epochs: invalid positive_int value: '1.5'"),
+    (["--epochs", "1.5"], "argument --epochs: invalid positive integer value: '1.5'"),
     (["--batch-size", "-1"], "argument --batch-size: must be a positive integer, got -1"),
     (["--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
     (["--latent-dim", "0"], "argument --latent-dim: must be a positive integer, got 0"),
@@ -464,7 +464,7 @@ BAD_FLAGS = [
     (["--lr", "-0.1"], "argument --lr: must be a positive number, got -0.1"),
     (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
     (["--lr", "inf"], "argument --lr: must be a positive number, got inf"),
-    (["--lr", "fast"], "argument --lr: invalid positive_float value: 'fast'"),
+    (["--lr", "fast"], "argument --lr: invalid positive number value: 'fast'"),
     (["--variance", "0"], "argument --variance: must be a positive number, got 0"),
     (["--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
     (["--dataset", "cifar10"], "argument --dataset: invalid choice: 'cifar10'"),
