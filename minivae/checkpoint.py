@@ -38,6 +38,10 @@ ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "a
                        "variance", "n_samples")
 """The model config fields a checkpoint must agree on before it is restored into a model."""
 
+# The names minivae.train gives a run's files in its --out folder (minivae.evaluate reads them).
+CHECKPOINT_NAME = "checkpoint.npz"
+CONFIG_NAME = "config.json"
+
 _FLAGS = {"input_dim": None, "hidden": "--hidden", "latent_dim": "--latent-dim",
           "decoder_hidden": "--decoder-hidden", "activation": "--activation", "likelihood": "--likelihood",
           "variance": "--variance", "n_samples": "--samples"}

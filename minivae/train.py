@@ -20,8 +20,8 @@ import numpy as np
 from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .cli import Parser, nonnegative_int, positive_float, positive_int
-from .checkpoint import load_checkpoint, restore, save_checkpoint
-from .data import DATASETS, binarize_static, load_dataset, resolve_default_dataset
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
+from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import LOCK_NAME, atomic_write, folder_lock
 from .layers import ACTIVATIONS
@@ -29,8 +29,6 @@ from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .optim import Adam
 
-CHECKPOINT_NAME = "checkpoint.npz"
-CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
                    "test_reconstruction", "test_kl", "seconds", "samples_per_second")
@@ -215,18 +213,8 @@ def _load_data(settings, args, log):
     if settings["batch_size"] > n_train:
         raise MinivaeError(f"--batch-size {settings['batch_size']} is larger than the {n_train} training examples "
                            f"of {dataset.name} ({dataset.source}); pass --batch-size {n_train} or less")
-    if settings["binarize"] != "none":
-        dataset.train_x[...] = _binarized(dataset.train_x, settings, seed_offset=0)
-        dataset.test_x[...] = _binarized(dataset.test_x, settings, seed_offset=1)
+    binarize_dataset(dataset, settings["binarize"], settings["seed"])
     return dataset
-
-
-def _binarized(pixels, settings, seed_offset):
-    """Static binarization (one fixed draw); with --binarize dynamic only the test set is fixed
-    this way and the training batches are drawn afresh on the device."""
-    if settings["binarize"] == "dynamic" and seed_offset == 0:
-        return pixels
-    return binarize_static(pixels, seed=settings["seed"] * 2 + seed_offset)
 
 
 def _build_model(settings, dataset, backend):
