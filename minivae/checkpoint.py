@@ -3,7 +3,7 @@
 Layout of the archive (every member is a plain NumPy array; nothing is pickled):
 
     param/<name>          each parameter, e.g. ``param/encoder.0.W``
-    optim/<kind>/<name>   each optimizer moment, e.g. ``optim/m/encoder.0.W`` (Adam: m, v;
+    optim/<kind>/<name>   each optimizer moment, e.g. ``optim/m_sum/encoder.0.W`` (Adam: m_sum, v_sum;
                           SGD: momentum_buffer)
     meta                  a 0-d unicode array holding ONE JSON document: format version, minivae
                           version, epoch, model config, dtype, optimizer name / step /
@@ -55,7 +55,7 @@ class Checkpoint:
     Attributes:
         params: parameter name -> array, in the model's parameter order.
         optimizer_state: a state_dict in ``optim.py``'s format: {"step", "hyperparameters",
-            "m" / "v" or "momentum_buffer": {parameter name: array}}.
+            "m_sum" / "v_sum" or "momentum_buffer": {parameter name: array}}.
         optimizer_name: the optimizer's class name ("Adam", "SGD").
         rng_state: the backend generator's state (a dict), or None when the backend could not
             export it (then ``meta["rng_state_note"]`` in the file says why).

@@ -342,11 +342,11 @@ def _missing_param(c):
 
 
 def _wrong_moment_shape(c):
-    c.optimizer_state["v"]["decoder.2.b"] = np.zeros(3, np.float32)
+    c.optimizer_state["v_sum"]["decoder.2.b"] = np.zeros(3, np.float32)
 
 
 def _missing_moment(c):
-    del c.optimizer_state["m"]
+    del c.optimizer_state["m_sum"]
 
 
 def _bad_rng_state(c):
@@ -359,7 +359,7 @@ def _hyperparameters(c):
 
 @pytest.mark.parametrize("corrupt, words", [
     (_wrong_param_shape, "'decoder.0.b' of shape (3,)"), (_missing_param, "holds parameters"),
-    (_wrong_moment_shape, "optimizer state 'v' 'decoder.2.b' of shape (3,)"), (_missing_moment, "'m'"),
+    (_wrong_moment_shape, "optimizer state 'v_sum' 'decoder.2.b' of shape (3,)"), (_missing_moment, "'m_sum'"),
     (_bad_rng_state, "random state"), (_hyperparameters, "amsgrad"),
 ])
 def test_restore_validates_everything_before_modifying_anything(trained, corrupt, words):
@@ -454,9 +454,10 @@ def test_a_flipped_byte_in_array_data_is_refused(trained, tmp_path):
     """A flipped byte inside a parameter's data (numpy parses it fine) is caught by the CRC check."""
     data = bytearray(trained[0].read_bytes())
     with zipfile.ZipFile(trained[0]) as archive:
-        info = archive.getinfo("param/encoder.0.W.npy")
-    middle = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
-    for position in (middle, len(data) // 2):
+        members = [archive.getinfo(name) for name in ("param/encoder.0.W.npy", "optim/v_sum/decoder.2.W.npy")]
+    middles = [info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+               for info in members]
+    for position in middles:
         flipped = bytearray(data)
         flipped[position] ^= 0x10
         bad = tmp_path / "flipped.npz"
@@ -485,7 +486,7 @@ def assert_same_checkpoint(a, b):
     assert a.params.keys() == b.params.keys()
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])
-        for kind in ("m", "v"):
+        for kind in ("m_sum", "v_sum"):
             np.testing.assert_array_equal(a.optimizer_state[kind][name], b.optimizer_state[kind][name])
     assert a.optimizer_state["step"] == b.optimizer_state["step"]
 
@@ -591,7 +592,7 @@ def test_the_archive_is_plain_npz_with_no_pickles(trained):
         arrays = {k: npz[k] for k in npz.files}
     assert meta.ndim == 0 and meta.dtype.kind == "U"
     assert {f"param/{p.name}" for p in model.parameters()} <= names
-    assert {f"optim/v/{p.name}" for p in model.parameters()} <= names
+    assert {f"optim/v_sum/{p.name}" for p in model.parameters()} <= names
     assert all(not a.dtype.hasobject for a in arrays.values())
     with zipfile.ZipFile(path) as archive:
         assert all(info.filename.endswith(".npy") for info in archive.infolist())
