@@ -115,7 +115,9 @@ class Linear(Layer):
 
     def forward(self, x):
         self._cache = x
-        return x @ self.W.data + self.b.data
+        y = x @ self.W.data
+        y += self.b.data  # in place: one pass, no second (B, out) array
+        return y
 
     def backward(self, dy):
         """Eq. (12): ``dW = x^T dy``, ``db = sum_rows dy``, ``dx = dy W^T``.
