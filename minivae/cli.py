@@ -37,3 +37,10 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def add_output_flags(parser):
+    """--no-progress, --quiet and --debug, as every long-running command takes them."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, model_from_checkpoint
-from .cli import Parser, nonnegative_int, positive_int
+from .cli import Parser, add_output_flags, nonnegative_int, positive_int
 from .data import DATASETS, binarize_dataset, load_dataset
 from .errors import CheckpointError, DataError, MinivaeError, NumericalError
 from .fileio import atomic_write
@@ -189,9 +189,7 @@ def build_parser():
         help="floating-point type of the decoder passes (default: the checkpoint's; logsumexp is float64 anyway)")
     add("--seed", type=nonnegative_int, default=0, help="seed of the noise eps (default: 0)")
     add("--output", metavar="FILE", help=f"where to write the JSON (default: {RESULTS_NAME} beside the checkpoint)")
-    add("--no-progress", action="store_true", help="no progress bar")
-    add("--quiet", action="store_true", help="print only errors")
-    add("--debug", action="store_true", help="show the traceback of an error")
+    add_output_flags(parser)
     return parser
 
 

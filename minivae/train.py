@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .cli import Parser, nonnegative_int, positive_float, positive_int
+from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
@@ -73,9 +73,7 @@ def build_parser():
     add("--resume", metavar="DIR", help="continue the run in DIR up to --epochs")
     add("--log-interval", type=positive_int, default=10,
         help="steps between progress-bar updates and, on a GPU, between checks for NaN (default: 10)")
-    add("--no-progress", action="store_true", help="no progress bar")
-    add("--quiet", action="store_true", help="print only errors")
-    add("--debug", action="store_true", help="show the traceback of an error")
+    add_output_flags(parser)
     return parser
 
 
