@@ -25,7 +25,6 @@ overrides those variables); PyTorch gets ``torch.set_num_threads``.
 import argparse
 import cProfile
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -242,16 +241,17 @@ def numpy_blas():
 
 
 def minivae_revision():
-    """``git describe --always --dirty`` of the checkout being timed, and which files differ from it."""
+    """The commit of the checkout being timed (``git rev-parse --short HEAD``) and the files under
+    minivae/ that differ from it (uncommitted changes would be timed too)."""
     root = os.path.dirname(HERE)
     try:
-        describe = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "minivae"], cwd=root, capture_output=True,
-                                 text=True, timeout=10).stdout.split("\n")
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "minivae"], cwd=root,
+                                 capture_output=True, text=True, timeout=10).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return None, []
-    return describe or None, [line[3:] for line in changed if line.strip()]
+    return head or None, [line[3:] for line in changed if line.strip()]
 
 
 def load_average():
@@ -318,19 +318,12 @@ class Bench:
         self.slices, self.timed_samples = None, None
 
 
-def make_adam(model, threads):
-    """Adam lr 1e-3 over the model's parameters, given the thread count when Adam takes one."""
-    if "threads" in inspect.signature(Adam).parameters:
-        return Adam(model.parameters(), lr=1e-3, threads=threads)
-    return Adam(model.parameters(), lr=1e-3)
-
-
 def setup_minivae(name, dtype, batch_size, host_x, args):
     """A Bench for minivae on backend ``name`` ("numpy" or "cupy") in ``dtype``."""
     backend = get_backend(name, dtype=dtype, seed=args.seed)
     x = backend.to_device(host_x)  # once; numpy float32 shares host_x, float64 is a cast copy
     model = VAE(input_dim=INPUT_DIM, hidden=(HIDDEN,), latent_dim=LATENT, backend=backend)
-    optimizer = make_adam(model, args.threads)
+    optimizer = Adam(model.parameters(), lr=1e-3)
     pool = backend.xp.get_default_memory_pool() if name == "cupy" else None
     return Bench(name, dtype, batch_size, lambda s: minivae_epoch(model, optimizer, backend, x, s), pool)
 
@@ -361,7 +354,7 @@ def setup_bench(name, dtype, batch_size, host_x, args):
     bench.epoch(bench.slices[:args.warmup_steps])
     bench.row["peak_rss_mib"] = peak_rss_mib()
     has_delta = rss_reset and rss_before is not None
-    bench.row["rss_added_mib"] = bench.row["peak_rss_mib"] - rss_before if has_delta else None
+    bench.row["rss_added_mib"] = max(0.0, bench.row["peak_rss_mib"] - rss_before) if has_delta else None
     return bench
 
 
@@ -520,6 +513,7 @@ def write_json(path, info, args, peaks, rows):
                                             "warmup_steps": args.warmup_steps, "seed": args.seed},
               "gemm_peaks_gflops": [{"library": n, "dtype": d, **p} for (n, d), p in sorted(peaks.items())],
               "results": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
 
@@ -531,7 +525,7 @@ def profile_numpy_epoch(host_x, args, top=25):
     backend = get_backend("numpy", dtype="float32", seed=args.seed)
     x = backend.to_device(host_x)
     model = VAE(input_dim=INPUT_DIM, hidden=(HIDDEN,), latent_dim=LATENT, backend=backend)
-    optimizer = make_adam(model, args.threads)
+    optimizer = Adam(model.parameters(), lr=1e-3)
     batch_size = args.batch_size[0]
     slices, timed = batch_slices(N_SAMPLES, batch_size, args.epochs_fraction)
     minivae_epoch(model, optimizer, backend, x, slices[:args.warmup_steps])
@@ -597,8 +591,9 @@ def main(argv=None):
     print(f"{info['cpu']}, {info['cores']} cores, {args.threads} threads; python {info['python']}, "
           f"numpy {info['numpy']} ({info['blas']}), torch {info['torch']}; "
           f"load average {load_average()} (anything else running skews the timings)")
-    print(f"minivae at {info['minivae_git']}" + (f", changed: {' '.join(info['minivae_files_changed'])}"
-                                                  if info["minivae_files_changed"] else ""))
+    changed = info["minivae_files_changed"]
+    print(f"minivae at {info['minivae_git']}, " + (f"with uncommitted changes in {' '.join(changed)}"
+                                                  if changed else "no uncommitted changes in minivae/"))
     runs = plan_runs([b.strip() for b in args.backends.split(",") if b.strip()], args.batch_size,
                      info["torch"] is not None)
     flops = epoch_gemm_flops(N_SAMPLES)

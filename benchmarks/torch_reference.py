@@ -231,6 +231,7 @@ def main(argv=None):
         result = {"torch": torch.__version__, "threads": args.threads, "epochs": args.epochs,
                   "batch_size": args.batch_size, "lr": args.lr, "seeds": args.seeds,
                   "history": history, "summary": summary}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
