@@ -56,12 +56,14 @@ def set_thread_env(threads):
 
 set_thread_env(threads_from_argv(sys.argv[1:]))
 
-# Only now may NumPy (and minivae, which imports it) be imported.
-import numpy as np  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for an uninstalled checkout
 sys.path.insert(0, HERE)  # torch_reference.py
+
+# Only now may minivae be imported, and minivae before NumPy, as `python -m minivae.train` does:
+# importing it sets OpenBLAS's thread timeout (minivae/__init__.py), which OpenBLAS reads when NumPy loads.
+import minivae  # noqa: E402, F401
+import numpy as np  # noqa: E402
 
 from minivae.backend import cupy_unavailable_reason, get_backend  # noqa: E402
 from minivae.model import VAE  # noqa: E402
@@ -264,7 +266,8 @@ def machine_info(threads, torch_version):
     return {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "threads": threads, "python": platform.python_version(), "numpy": np.__version__,
-            "blas": numpy_blas(), "torch": torch_version,
+            "blas": numpy_blas(), "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+            "torch": torch_version,
             "minivae_git": revision, "minivae_files_changed": changed}
 
 

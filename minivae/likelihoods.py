@@ -25,6 +25,7 @@ class Bernoulli:
         self.xp = backend.xp
         self.special = backend.special
         self.kernels = backend.kernels
+        self.split_rows = backend.split_rows
 
     def nll(self, logits, x):
         """Eq. (8): ``NLL = sum_d softplus(l_d) - x_d * l_d``. logits, x: (N, D) -> (N,)."""
@@ -40,11 +41,19 @@ class Bernoulli:
         if self.kernels is not None:  # the same formulas in one fused pass (CuPy)
             nll_terms, dlogits = self.kernels.bernoulli_nll_and_grad(logits, x)
             return nll_terms.sum(axis=1), dlogits
+        nll = self.xp.empty(logits.shape[0], dtype=logits.dtype)
+        dlogits = self.xp.empty_like(logits)
+        self.split_rows(self._nll_and_grad_into, logits, x, nll, dlogits)  # rows on the CPU threads
+        return nll, dlogits
+
+    def _nll_and_grad_into(self, logits, x, nll, dlogits):
+        """``nll_and_grad`` for the rows given, written into ``nll`` (N,) and ``dlogits`` (N, D)."""
+        xp = self.xp
         softplus = self._softplus(logits)
-        nll = (softplus - x * logits).sum(axis=1)
-        sigmoid = self.xp.exp(logits - softplus)
-        sigmoid -= x
-        return nll, sigmoid
+        (softplus - x * logits).sum(axis=1, out=nll)
+        xp.subtract(logits, softplus, out=dlogits)
+        xp.exp(dlogits, out=dlogits)
+        dlogits -= x
 
     def _softplus(self, logits):
         """``softplus(l) = log(1 + e^l) = max(l, 0) + log1p(exp(-|l|))``, with max(l, 0) written

@@ -1,0 +1,129 @@
+"""CPU threads: Backend.split_rows, and the same bits from the code that uses it on any number of threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from minivae.backend import cpu_thread_count, numpy_backend
+from minivae.likelihoods import Bernoulli
+from minivae.model import VAE
+from minivae.optim import SGD, Adam
+
+
+def _backend(threads, min_elements=1, dtype="float64"):
+    """A NumPy backend on ``threads`` threads that splits arrays down to ``min_elements`` per thread."""
+    backend = numpy_backend(dtype, seed=0, threads=threads)
+    backend.min_elements_per_thread = min_elements
+    return backend
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("rows", [1, 2, 7, 100])
+def test_split_rows_hands_every_row_to_exactly_one_block(threads, rows):
+    counts = np.zeros((rows, 3))
+    calls = []
+
+    def count(block):
+        calls.append(block.shape[0])
+        block += 1
+
+    _backend(threads).split_rows(count, counts)
+    assert np.array_equal(counts, np.ones((rows, 3)))
+    assert len(calls) == min(threads, rows) and sum(calls) == rows
+    assert max(calls) - min(calls) <= 1  # blocks as even as the rows allow
+
+
+def test_split_rows_runs_the_blocks_at_the_same_time():
+    barrier = threading.Barrier(2, timeout=10)  # broken (and raising) unless both blocks wait at once
+    idents = set()
+
+    def meet(block):
+        idents.add(threading.get_ident())
+        barrier.wait()
+
+    _backend(2).split_rows(meet, np.zeros((4, 2)))
+    assert len(idents) == 2 and threading.get_ident() in idents
+
+
+def test_split_rows_leaves_small_arrays_whole():
+    backend = numpy_backend("float32", threads=4)
+    shapes = []
+    backend.split_rows(lambda a: shapes.append(a.shape), np.zeros((128, 400), dtype=np.float32))
+    assert shapes == [(128, 400)]  # 51,200 values: fewer than 2 * min_elements_per_thread
+    shapes.clear()
+    backend.split_rows(lambda a: shapes.append(a.shape), np.zeros((128, 784), dtype=np.float32))
+    assert sorted(shapes) == [(42, 784), (43, 784), (43, 784)]  # 100,352 values: three blocks
+
+
+def test_an_error_in_another_thread_reaches_the_caller():
+    def fail_on_the_last_rows(block):
+        if block[0, 0] == 1:
+            raise ValueError("block failed")
+
+    with pytest.raises(ValueError, match="block failed"):
+        _backend(2).split_rows(fail_on_the_last_rows, np.array([[0.0], [1.0]]))
+
+
+def test_thread_count_follows_the_blas_variables(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert cpu_thread_count() == 3
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    assert cpu_thread_count() == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert cpu_thread_count() >= 1
+    assert numpy_backend(threads=None).threads == cpu_thread_count()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        numpy_backend(threads=0)
+
+
+def test_with_seed_keeps_the_threads():
+    backend = _backend(3)
+    assert backend.with_seed(7).threads == 3
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda ps: Adam(ps, lr=0.01, weight_decay=0.1),
+                                            lambda ps: SGD(ps, lr=0.01, momentum=0.9)], ids=["adam", "sgd"])
+def test_optimizer_steps_are_the_same_bits_on_any_number_of_threads(make_optimizer):
+    results = []
+    for threads in (1, 2, 3):
+        model = VAE(input_dim=6, hidden=(5,), latent_dim=2, backend=_backend(threads, dtype="float32"))
+        optimizer = make_optimizer(model.parameters())
+        grads = np.random.default_rng(1).standard_normal((3, model.buffer.grad.size)).astype(np.float32)
+        for grad in grads:
+            model.buffer.grad[...] = grad
+            optimizer.step()
+        state = optimizer.state_dict()
+        results.append([model.buffer.data.copy()] + [np.concatenate([a.ravel() for a in state[kind].values()])
+                                                      for kind in optimizer.moment_names])
+    for other in results[1:]:
+        for expected, got in zip(results[0], other):
+            assert np.array_equal(expected, got)
+
+
+def test_bernoulli_rows_on_threads_are_the_same_bits():
+    rng = np.random.default_rng(2)
+    logits = (rng.standard_normal((7, 9)) * 5).astype(np.float32)
+    x = rng.random((7, 9)).astype(np.float32)
+    nll_1, grad_1 = Bernoulli(_backend(1, dtype="float32")).nll_and_grad(logits, x)
+    nll_3, grad_3 = Bernoulli(_backend(3, dtype="float32")).nll_and_grad(logits, x)
+    assert np.array_equal(nll_1, nll_3) and np.array_equal(grad_1, grad_3)
+    assert nll_1.dtype == grad_1.dtype == np.float32
+    np.testing.assert_allclose(nll_1, Bernoulli(_backend(1, dtype="float32")).nll(logits, x), rtol=1e-6)
+
+
+def test_a_default_training_step_is_the_same_bits_on_one_and_two_threads():
+    """The default model and batch, default block sizes: Adam and the likelihood really split."""
+    data = np.random.default_rng(3).random((128, 784), dtype=np.float32)
+    results = []
+    for threads in (1, 2):
+        backend = numpy_backend("float32", seed=0, threads=threads)
+        model = VAE(backend=backend)
+        optimizer = Adam(model.parameters())
+        for _ in range(2):
+            loss = model.loss_and_backward(data)
+            optimizer.step()
+        results.append((float(loss.total), model.buffer.data.copy()))
+    assert results[0][0] == results[1][0]
+    assert np.array_equal(results[0][1], results[1][1])
