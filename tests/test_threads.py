@@ -1,5 +1,8 @@
 """CPU threads: Backend.split_rows, and the same bits from the code that uses it on any number of threads."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -127,3 +130,13 @@ def test_a_default_training_step_is_the_same_bits_on_one_and_two_threads():
         results.append((float(loss.total), model.buffer.data.copy()))
     assert results[0][0] == results[1][0]
     assert np.array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "18"), ("7", "7")])
+def test_importing_minivae_sets_the_openblas_thread_timeout_unless_set(preset, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = "import minivae, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == expected
