@@ -14,7 +14,8 @@ same process. PyTorch is optional and never a dependency of minivae.
 
 The thread count (``--threads``, default 2) is read from the command line *before* NumPy is
 imported and exported as OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS (the flag
-overrides those variables); PyTorch gets ``torch.set_num_threads``.
+overrides those variables); PyTorch gets ``torch.set_num_threads``. minivae is imported before NumPy,
+as ``python -m minivae.train`` does, so that the OPENBLAS_THREAD_TIMEOUT it sets reaches OpenBLAS.
 
     python benchmarks/bench_epoch.py                          # full epochs, every backend found
     python benchmarks/bench_epoch.py --epochs-fraction 0.1    # a quick look (scaled to an epoch)

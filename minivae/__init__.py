@@ -7,10 +7,10 @@ import os
 # OpenBLAS (NumPy's BLAS) keeps each idle worker thread spinning for 2^28 cycles (~0.1 s) after a
 # matrix product, holding the core that minivae's own threads (Backend.split_rows: Adam, the
 # likelihood) want next. 2^18 cycles (~0.1 ms) keeps them awake between the products of one step
-# and frees the core for Adam: on 2 cores, Adam 0.50-0.63 -> 0.33-0.36 s per epoch, the epoch
-# 2.11-2.51 -> 1.95-2.08 s (4 runs each; sleeping at once, 2^4, cost ~0.1 s in waking them). OpenBLAS
-# reads this when NumPy is first imported, so it acts only when minivae is imported first; a value
-# set by the user is kept.
+# and frees the core for Adam: on 2 cores, Adam 0.50-0.64 -> 0.26-0.36 s per epoch, the epoch
+# 2.11-2.51 -> 1.75-2.08 s (benchmarks/README.md, "What the speed work measured"). OpenBLAS reads
+# this when NumPy is first imported, so it acts only when minivae is imported first; a value set by
+# the user is kept. The one process-wide effect of importing minivae (children inherit it).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 from .backend import Backend, get_backend  # noqa: E402

@@ -6,13 +6,11 @@ CuPy. Compute modules (layers, gaussian, likelihoods, model, optim) never import
 themselves: they use ``backend.xp`` and ``backend.special`` of the Backend they were built with.
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import scipy.special
 
 from .errors import BackendUnavailable
+from .threads import RowThreads, cpu_thread_count
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
 DTYPES = ("float32", "float64")
@@ -36,15 +34,10 @@ class Backend:
             one pass each (CuPy: see ``cupy_kernels``), or None to use the plain code.
         threads: how many CPU threads ``split_rows`` may use at once (1 on a GPU: there one pass is
             one kernel already).
+        row_threads: the ``RowThreads`` behind ``split_rows`` (shared by ``with_seed`` copies).
     """
 
-    # split_rows leaves arrays whole below this many elements per thread. Handing a block to another
-    # thread and waiting for it costs ~60 us (two thread wake-ups, measured on a 2-core VM); the work
-    # split (Adam, the Bernoulli likelihood) makes 10-13 passes, which over 32,768 float32 values
-    # take ~150 us: about where half of it saved pays for the hand-off.
-    min_elements_per_thread = 32768
-
-    def __init__(self, name, xp, special, dtype="float32", seed=0, kernels=None, threads=1, _pool=None):
+    def __init__(self, name, xp, special, dtype="float32", seed=0, kernels=None, threads=1, row_threads=None):
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.name = name
@@ -54,10 +47,8 @@ class Backend:
         self.seed = seed
         self.rng = xp.random.default_rng(seed)
         self.kernels = kernels
-        if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
-        self.threads = int(threads)
-        self._pool = _pool  # the worker threads of split_rows, started on first use
+        self.row_threads = RowThreads(threads) if row_threads is None else row_threads
+        self.threads = self.row_threads.count
 
     def __repr__(self):
         return f"Backend({self.name!r}, dtype={self.dtype.name!r}, seed={self.seed}, threads={self.threads})"
@@ -65,31 +56,12 @@ class Backend:
     def with_seed(self, seed):
         """A Backend like this one (same arrays, dtype, threads) with its own generator seeded by ``seed``."""
         return Backend(self.name, self.xp, self.special, dtype=self.dtype.name, seed=seed, kernels=self.kernels,
-                       threads=self.threads, _pool=self._pool)
+                       row_threads=self.row_threads)
 
     def split_rows(self, function, *arrays):
-        """Call ``function(*pieces)`` on matching blocks of rows of ``arrays`` (all with the same
-        first dimension), up to ``threads`` blocks at once, one per thread; returns None.
-
-        For work that treats each row on its own (elementwise, or reductions along a row) and
-        writes its results into some of ``arrays``: the result is then bit-for-bit that of
-        ``function(*arrays)``, for any number of threads. NumPy releases the GIL inside ufuncs, so
-        the blocks really run side by side. Arrays smaller than ``min_elements_per_thread`` per
-        thread are split into fewer blocks (one: ``function(*arrays)`` on this thread).
-        """
-        rows = arrays[0].shape[0]
-        blocks = min(self.threads, rows, arrays[0].size // self.min_elements_per_thread)
-        if blocks <= 1:
-            function(*arrays)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="minivae")
-        edges = [rows * k // blocks for k in range(blocks + 1)]
-        pieces = [[a[start:stop] for a in arrays] for start, stop in zip(edges[:-1], edges[1:])]
-        others = [self._pool.submit(function, *piece) for piece in pieces[1:]]
-        function(*pieces[0])
-        for other in others:
-            other.result()
+        """``function(*pieces)`` on matching blocks of rows of ``arrays``, one block per CPU thread
+        (``RowThreads.run``): for row-by-row work, the same bits as ``function(*arrays)``."""
+        self.row_threads.run(function, *arrays)
 
     def standard_normal(self, shape):
         """Draw N(0, 1) noise of ``shape`` in the backend's dtype (the eps of eq. (5))."""
@@ -132,18 +104,6 @@ class Backend:
         if self.name != "numpy":
             raise BackendUnavailable(f"restoring the random state of the {self.name} backend is not supported")
         self.rng.bit_generator.state = state
-
-
-def cpu_thread_count():
-    """The threads CPU work may use: ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` when set to a
-    positive integer (so that minivae's threads and BLAS's agree), else the CPUs this process may run on."""
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def numpy_backend(dtype="float32", seed=0, threads=None):

@@ -41,8 +41,9 @@ class Bernoulli:
         if self.kernels is not None:  # the same formulas in one fused pass (CuPy)
             nll_terms, dlogits = self.kernels.bernoulli_nll_and_grad(logits, x)
             return nll_terms.sum(axis=1), dlogits
-        nll = self.xp.empty(logits.shape[0], dtype=logits.dtype)
-        dlogits = self.xp.empty_like(logits)
+        dtype = self.xp.result_type(logits.dtype, x.dtype)  # as the formulas on whole arrays would give
+        nll = self.xp.empty(logits.shape[0], dtype=dtype)
+        dlogits = self.xp.empty(logits.shape, dtype=dtype)
         self.split_rows(self._nll_and_grad_into, logits, x, nll, dlogits)  # rows on the CPU threads
         return nll, dlogits
 

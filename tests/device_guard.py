@@ -209,6 +209,7 @@ def _module():
         setattr(xp, name, _device_function(getattr(np, name)))
     xp.asarray = _to_device
     xp.dtype = np.dtype
+    xp.result_type = np.result_type  # of dtypes: no array data involved
     xp.float32, xp.float64 = np.float32, np.float64
     xp.ndarray = GuardArray
     xp.random = types.SimpleNamespace(default_rng=_GuardGenerator)

@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from minivae.backend import cpu_thread_count, numpy_backend
+from minivae.backend import numpy_backend
+from minivae.threads import RowThreads, cpu_thread_count
 from minivae.likelihoods import Bernoulli
 from minivae.model import VAE
 from minivae.optim import SGD, Adam
@@ -17,7 +18,7 @@ from minivae.optim import SGD, Adam
 def _backend(threads, min_elements=1, dtype="float64"):
     """A NumPy backend on ``threads`` threads that splits arrays down to ``min_elements`` per thread."""
     backend = numpy_backend(dtype, seed=0, threads=threads)
-    backend.min_elements_per_thread = min_elements
+    backend.row_threads.min_elements_per_thread = min_elements
     return backend
 
 
@@ -81,9 +82,58 @@ def test_thread_count_follows_the_blas_variables(monkeypatch):
         numpy_backend(threads=0)
 
 
-def test_with_seed_keeps_the_threads():
+def test_with_seed_shares_the_threads():
     backend = _backend(3)
-    assert backend.with_seed(7).threads == 3
+    assert backend.with_seed(7).threads == 3 and backend.with_seed(7).row_threads is backend.row_threads
+
+
+def test_every_block_has_finished_when_one_raises():
+    finished = []
+
+    def slow_unless_first(block):
+        if block[0, 0] == 0:
+            raise ValueError("first block failed")
+        threading.Event().wait(0.2)
+        finished.append(block[0, 0])
+
+    with pytest.raises(ValueError, match="first block failed"):
+        _backend(3).split_rows(slow_unless_first, np.arange(3.0).reshape(3, 1))
+    assert sorted(finished) == [1.0, 2.0]  # nothing is left writing after the error
+
+
+def test_arrays_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="one common first dimension"):
+        _backend(2).split_rows(lambda a, b: None, np.zeros((4, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="one common first dimension"):
+        _backend(2).split_rows(lambda a: None, np.zeros(()))
+
+
+def test_a_split_inside_a_block_runs_in_that_block():
+    backend = _backend(2)
+    counts = np.zeros((4, 4))
+
+    def outer(block):
+        backend.split_rows(inner, block.T)  # a worker waiting on its own pool would hang here
+
+    def inner(block):
+        block += 1
+
+    caller = threading.Thread(target=backend.split_rows, args=(outer, counts), daemon=True)
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive(), "a split inside a block hung"
+    assert np.array_equal(counts, np.ones((4, 4)))
+
+
+def test_a_forked_child_starts_its_own_workers():
+    threads = RowThreads(2)
+    threads.min_elements_per_thread = 1
+    counts = np.zeros((2, 1))
+    threads.run(lambda block: block.__iadd__(1), counts)
+    pool = threads._pool
+    threads._pool_pid = -1  # as seen from a child forked after the pool started
+    threads.run(lambda block: block.__iadd__(1), counts)
+    assert threads._pool is not pool and np.array_equal(counts, [[2.0], [2.0]])
 
 
 @pytest.mark.parametrize("make_optimizer", [lambda ps: Adam(ps, lr=0.01, weight_decay=0.1),
@@ -114,6 +164,8 @@ def test_bernoulli_rows_on_threads_are_the_same_bits():
     assert np.array_equal(nll_1, nll_3) and np.array_equal(grad_1, grad_3)
     assert nll_1.dtype == grad_1.dtype == np.float32
     np.testing.assert_allclose(nll_1, Bernoulli(_backend(1, dtype="float32")).nll(logits, x), rtol=1e-6)
+    nll_mixed, grad_mixed = Bernoulli(_backend(3, dtype="float32")).nll_and_grad(logits, x.astype(np.float64))
+    assert nll_mixed.dtype == grad_mixed.dtype == np.float64  # as nll() and whole-array formulas give
 
 
 def test_a_default_training_step_is_the_same_bits_on_one_and_two_threads():
@@ -137,6 +189,13 @@ def test_importing_minivae_sets_the_openblas_thread_timeout_unless_set(preset, e
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     if preset is not None:
         env["OPENBLAS_THREAD_TIMEOUT"] = preset
-    code = "import minivae, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    # what NumPy (and so OpenBLAS) sees when it is first imported, through `import minivae`
+    code = ("import os, sys\n"
+            "class Spy:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'numpy':\n"
+            "            print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            "import minivae\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == expected
