@@ -21,12 +21,14 @@ import os
 import pathlib
 import sys
 
-import numpy as np
-
+# minivae before NumPy: importing it tunes OpenBLAS's threads (README, "Speed and threads")
 try:
     import minivae  # noqa: F401  (installed, e.g. `pip install -e .`)
 except ImportError:  # run from a source checkout without installing: use the checkout's package
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    import minivae  # noqa: F401
+
+import numpy as np
 
 from example_data import write_blobs, write_subset
 from matplotlib.backends.backend_agg import FigureCanvasAgg
