@@ -48,7 +48,10 @@ class Backend:
         self.rng = xp.random.default_rng(seed)
         self.kernels = kernels
         self.row_threads = RowThreads(threads) if row_threads is None else row_threads
-        self.threads = self.row_threads.count
+
+    @property
+    def threads(self):
+        return self.row_threads.count
 
     def __repr__(self):
         return f"Backend({self.name!r}, dtype={self.dtype.name!r}, seed={self.seed}, threads={self.threads})"
