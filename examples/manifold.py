@@ -17,10 +17,13 @@ import os
 import pathlib
 import sys
 
+# minivae before NumPy (which example_data imports): importing it tunes OpenBLAS's threads
+# (README, "Speed and threads")
 try:
     import minivae  # noqa: F401  (installed, e.g. `pip install -e .`)
 except ImportError:  # run from a source checkout without installing: use the checkout's package
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    import minivae  # noqa: F401
 
 from example_data import write_blobs
 
