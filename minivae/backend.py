@@ -133,7 +133,7 @@ def cupy_kernels(cupy):
     tests, which compare them wherever a GPU is present); ``T`` is float32 or float64.
 
     - ``bernoulli_nll_and_grad(l, x) -> (nll terms, dlogits)``: eq. (8) and (10), softplus as
-      (l + |l|)/2 + log1p(exp(-|l|)), sigmoid as exp(l - softplus) (likelihoods.Bernoulli).
+      max(l, 0) + log1p(exp(-|l|)), sigmoid as exp(l - softplus) (likelihoods.Bernoulli).
     - ``reparameterize(mu, logvar, eps) -> z``: eq. (5), broadcasting over the L samples of eps.
     - ``kl_terms(mu, logvar) -> KL terms``: eq. (7) before its sum over j.
     - ``head_gradient(sum_l dz, sum_l dz*eps, mu, logvar) -> (dmu, dlogvar)``: eq. (18).
@@ -144,7 +144,7 @@ def cupy_kernels(cupy):
     return SimpleNamespace(
         bernoulli_nll_and_grad=kernel(
             "T l, T x", "T nll, T dlogits",
-            "T a = fabs(l); T softplus = (l + a) * (T)0.5 + log1p(exp(-a));"
+            "T a = fabs(l); T softplus = max(l, (T)0) + log1p(exp(-a));"
             " nll = softplus - x * l; dlogits = exp(l - softplus) - x;",
             "minivae_bernoulli_nll_and_grad"),
         reparameterize=kernel(

@@ -11,10 +11,21 @@
 
 from collections import namedtuple
 
+from . import checks
 from .backend import numpy_backend
 from .gaussian import head_gradient, kl_divergence, reparameterize
-from .layers import ParameterBuffer, mlp
-from .likelihoods import make_likelihood
+from .layers import ACTIVATIONS, ParameterBuffer, mlp
+from .likelihoods import LIKELIHOODS, make_likelihood
+
+CONFIG_RULES = {
+    "input_dim": checks.positive_int, "hidden": checks.list_of(checks.positive_int, allow_empty=True),
+    "latent_dim": checks.positive_int,
+    "decoder_hidden": checks.optional(checks.list_of(checks.positive_int, allow_empty=True)),
+    "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.one_of(LIKELIHOODS),
+    "variance": checks.positive_number, "n_samples": checks.positive_int,
+}
+"""What each argument of ``VAE`` (each field of ``VAE.config``) must be; checked by the constructor
+and, before a model is built from one, on a checkpoint's config (``checkpoint.load_checkpoint``)."""
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
 LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and their sum, each summed over
@@ -40,13 +51,14 @@ class VAE:
     def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
                  likelihood="bernoulli", variance=1.0, n_samples=1, backend=None):
         self.backend = backend if backend is not None else numpy_backend()
+        problem = checks.first_problem(
+            {"input_dim": input_dim, "hidden": hidden, "latent_dim": latent_dim, "decoder_hidden": decoder_hidden,
+             "activation": activation, "likelihood": likelihood, "variance": variance, "n_samples": n_samples},
+            CONFIG_RULES)
+        if problem is not None:
+            raise ValueError(f"VAE: {problem[1]}")
         hidden = tuple(int(h) for h in hidden)
         decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)
-        for what, value in [("input_dim", input_dim), ("latent_dim", latent_dim), ("n_samples", n_samples)]:
-            if int(value) < 1:
-                raise ValueError(f"{what} must be >= 1, got {value}")
-        if any(h < 1 for h in hidden + decoder_hidden):
-            raise ValueError(f"hidden sizes must be >= 1, got {hidden} and {decoder_hidden}")
         self.config = {
             "input_dim": int(input_dim), "hidden": list(hidden), "latent_dim": int(latent_dim),
             "decoder_hidden": list(decoder_hidden), "activation": activation, "likelihood": likelihood,
@@ -67,6 +79,7 @@ class VAE:
 
     def encode(self, x):
         """Eq. (4): x (B, D) -> (mu, logvar), each (B, J)."""
+        self._check_input(x)
         head = self.encoder.forward(x)
         return head[:, :self.latent_dim], head[:, self.latent_dim:]
 
@@ -97,6 +110,7 @@ class VAE:
         NLL averaged over the L samples (eq. (3)) and the KL (eq. (7)).
         """
         xp, kernels = self.backend.xp, self.backend.kernels
+        self._check_values(x)
         mu, logvar = self.encode(x)
         if use_mean:
             z, n_samples = mu, 1
@@ -117,6 +131,7 @@ class VAE:
         d(total)/d(parameter).
         """
         xp, kernels = self.backend.xp, self.backend.kernels
+        self._check_values(x)
         batch_size = x.shape[0]
         eps = self.draw_eps(batch_size) if eps is None else eps
         mu, logvar = self.encode(x)                                    # eq. (4)
@@ -133,6 +148,26 @@ class VAE:
         reconstruction = nll.sum() / n_samples
         kl_sum = kl.sum()
         return LossTerms(reconstruction, kl_sum, reconstruction + kl_sum)
+
+    def _check_input(self, x):
+        """x must be a (B, D) array with B >= 1 in the backend's dtype (no silent promotion)."""
+        shape, width = tuple(getattr(x, "shape", ())), self.config["input_dim"]
+        if len(shape) != 2 or shape[0] < 1 or shape[1] != width:
+            raise ValueError(f"x must be a batch of shape (B >= 1, {width}), got shape {shape}")
+        if getattr(x, "dtype", None) != self.backend.dtype:
+            raise TypeError(f"x has dtype {getattr(x, 'dtype', type(x).__name__)}, the model computes in "
+                            f"{self.backend.dtype}; pass backend.to_device(x)")
+
+    def _check_values(self, x):
+        """The Bernoulli likelihood needs x in [0, 1] (pixels 0..255 would give a loss of ~1e12).
+        Checked on the CPU only: on a GPU it would cost a device-to-host copy per step (the datasets
+        of minivae.data are checked when loaded)."""
+        self._check_input(x)
+        if self.likelihood.name == "bernoulli" and self.backend.name == "numpy" and x.size:
+            low, high = float(x.min()), float(x.max())
+            if not (0 <= low and high <= 1):
+                raise ValueError(f"x holds values in [{low:g}, {high:g}]; the Bernoulli likelihood needs them "
+                                 f"in [0, 1] (divide pixels of 0..255 by 255)")
 
     def _repeat(self, x, n_samples):
         """x stacked n_samples times along the rows, to line up with z's sample-major rows."""

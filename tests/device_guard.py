@@ -229,7 +229,7 @@ def _elementwise_kernel(body):
 
 def _bernoulli_nll_and_grad(l, x):
     a = np.abs(l)
-    softplus = (l + a) * 0.5 + np.log1p(np.exp(-a))
+    softplus = np.maximum(l, 0) + np.log1p(np.exp(-a))
     return softplus - x * l, np.exp(l - softplus) - x
 
 
