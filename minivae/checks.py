@@ -34,6 +34,10 @@ def nonnegative_number(value):
     return None if _is_real(value) and math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
 
 
+def finite_number(value):
+    return None if _is_real(value) and math.isfinite(value) else "must be a finite number"
+
+
 def below_one(value):
     return None if _is_real(value) and 0 <= value < 1 else "must be a number in [0, 1)"
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -305,12 +306,15 @@ def test_restore_refuses_another_architecture_and_leaves_the_model_untouched(tra
     assert_snapshots_equal(snapshot(model, optimizer), before)
 
 
-def test_the_latent_size_message_names_the_flag(trained):
+def test_a_config_mismatch_gives_advice_that_can_be_followed(trained):
+    """issue 13, item 3: "pass --latent-dim 3" could not be followed (a resumed run refuses a changed
+    flag); the advice is the checkpoint's own config, or a new --out."""
     path, _, _ = trained
     model = small_model(numpy_backend("float32"), latent_dim=2)
-    with pytest.raises(CheckpointError, match="latent_dim=3, this model has latent_dim=2: pass --latent-dim 3 "
-                                              "or start a new --out folder"):
+    with pytest.raises(CheckpointError, match="latent_dim=3, this model has latent_dim=2: build the model from "
+                                              "the checkpoint's own config .* or start a new --out folder") as info:
         restore(load_checkpoint(path), model, Adam(model.parameters()))
+    assert "pass --" not in str(info.value)
 
 
 def test_restore_refuses_another_dtype(trained):
@@ -318,8 +322,10 @@ def test_restore_refuses_another_dtype(trained):
     model = small_model(numpy_backend("float64", seed=5))
     optimizer = Adam(model.parameters())
     before = snapshot(model, optimizer)
-    with pytest.raises(CheckpointError, match="dtype=float32, this model has dtype=float64: pass --dtype float32"):
+    with pytest.raises(CheckpointError, match="holds float32 arrays, this model computes in float64: build the "
+                                              "model from the checkpoint's own config") as info:
         restore(load_checkpoint(path), model, optimizer)
+    assert "pass --" not in str(info.value)  # issue 13, item 3: --dtype cannot change on --resume
     assert_snapshots_equal(snapshot(model, optimizer), before)
 
 
@@ -328,8 +334,10 @@ def test_restore_refuses_another_optimizer(trained):
     model = small_model(numpy_backend("float32", seed=5))
     optimizer = SGD(model.parameters(), momentum=0.5)
     before = snapshot(model, optimizer)
-    with pytest.raises(CheckpointError, match="optimizer=Adam, this optimizer is SGD"):
+    with pytest.raises(CheckpointError, match="state of an Adam optimizer, this one is SGD: restore it into an "
+                                              "Adam optimizer") as info:
         restore(load_checkpoint(path), model, optimizer)
+    assert "--optimizer" not in str(info.value)  # issue 13, item 3: not a flag of minivae.train
     assert_snapshots_equal(snapshot(model, optimizer), before)
 
 
@@ -597,3 +605,54 @@ def test_the_archive_is_plain_npz_with_no_pickles(trained):
     with zipfile.ZipFile(path) as archive:
         assert all(info.filename.endswith(".npy") for info in archive.infolist())
         np.lib.format.read_array(io.BytesIO(archive.read("meta.npy")), allow_pickle=False)
+
+
+# -- values no model can take (issue 13, items 5 and 7) -------------------------------------------------
+
+def _set(section, key, value):
+    def edit(meta):
+        (meta if section is None else meta[section] if section != "hyper" else meta["optimizer"]["hyperparameters"]
+         )[key] = value
+    return edit
+
+
+W = "param/encoder.0.W"
+BAD_VALUES = [
+    ({"add": {W: np.zeros((12, 8), dtype="<U3")}}, f"array '{W}' has dtype <U3, not the checkpoint's float32"),
+    ({"add": {W: np.zeros((12, 8), dtype=np.complex64)}}, f"array '{W}' has dtype complex64"),
+    ({"add": {W: np.zeros((12, 8), dtype=np.float64)}}, f"array '{W}' has dtype float64"),
+    ({"add": {W: np.full((12, 8), np.nan, dtype=np.float32)}}, f"array '{W}' holds NaN"),
+    ({"add": {"optim/v_sum/decoder.0.b": np.full(8, np.inf, dtype=np.float32)}},
+     "array 'optim/v_sum/decoder.0.b' holds inf"),
+    ({"add": {"optim/v_sum/decoder.0.b": np.full(8, -1, dtype=np.float32)}}, "holds negative values"),
+    ({"edit_meta": _set("optimizer", "step", -1)}, "optimizer: step=-1 must be an integer >= 0"),
+    ({"edit_meta": _set("optimizer", "step", 2.5)}, "optimizer: step=2.5 must be an integer >= 0"),
+    ({"edit_meta": _set("hyper", "lr", "0.001")}, "optimizer hyperparameter lr='0.001' must be a finite number > 0"),
+    ({"edit_meta": _set("hyper", "lr", float("nan"))}, "lr=nan must be a finite number > 0"),
+    ({"edit_meta": _set("hyper", "beta2", 1.0)}, "beta2=1.0 must be a number in [0, 1)"),
+    ({"edit_meta": _set("hyper", "eps", True)}, "eps=True must be a finite number > 0"),
+    ({"edit_meta": _set(None, "epoch", "4")}, "epoch='4' must be an integer >= 0"),
+    ({"edit_meta": _set(None, "epoch", -4)}, "epoch=-4 must be an integer >= 0"),
+    ({"edit_meta": _set(None, "dtype", "float16")}, "dtype='float16' must be one of float32, float64"),
+    ({"edit_meta": _set("config", "hidden", [8.5])}, "config: hidden=[8.5] holds 8.5"),
+    ({"edit_meta": _set("config", "variance", float("inf"))}, "config: variance=inf must be a finite number > 0"),
+    ({"edit_meta": _set("config", "activation", "gelu")}, "config: activation='gelu' must be one of"),
+    ({"edit_meta": lambda m: m["config"].pop("latent_dim")}, "config: latent_dim is missing"),
+    ({"edit_meta": _set(None, "rng_state", [1, 2])}, "rng_state=[1, 2] must be an object"),
+]
+
+
+@pytest.mark.parametrize("change, words", BAD_VALUES, ids=[words for _, words in BAD_VALUES])
+def test_a_checkpoint_holding_values_no_model_can_take_is_refused_on_load(trained, tmp_path, change, words):
+    """Refused by load_checkpoint itself, naming the file and the array or field, before any model,
+    optimizer or backend is touched (a complex parameter used to lose its imaginary part with a
+    warning, v = inf froze a parameter silently, a string dtype or lr gave a traceback)."""
+    path, _, _ = trained
+    broken = rewrite(path, tmp_path / "broken.npz", **change)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(broken)
+    message = str(info.value)
+    assert words in message and os.fspath(broken) in message, message
+    assert "\n" not in message
