@@ -64,6 +64,28 @@ HYPERPARAMETER_RULES = {"lr": checks.positive_number, "beta1": checks.below_one,
 """What each optimizer hyperparameter a checkpoint holds must be (others: finite numbers)."""
 
 
+def read_run_settings(path, fix):
+    """The settings a run saved in its ``config.json`` at ``path``, checked (``check_run_settings``);
+    CheckpointError naming the file, the field and ``fix`` when it cannot be read or a value is wrong."""
+    try:
+        with open(path) as handle:
+            settings = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot read the saved settings ({error}); {fix}") from error
+    return check_run_settings(settings, path, fix)
+
+
+def check_run_settings(settings, where, fix):
+    """``settings`` when it is a JSON object whose every known field keeps ``SETTINGS_RULES``
+    (fields left out take their defaults; unknown fields are left to their readers)."""
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{where}: the run's settings are a JSON {type(settings).__name__}, not an object; {fix}")
+    problem = checks.first_problem(settings, SETTINGS_RULES)
+    if problem is not None:
+        raise CheckpointError(f"{where}: {problem[1]}; {fix}")
+    return settings
+
+
 @dataclasses.dataclass
 class Checkpoint:
     """Everything ``load_checkpoint`` read, on the host (NumPy arrays, plain Python values).

@@ -4,6 +4,8 @@ a refused flag is reported on one line, with exit status 2."""
 import argparse
 import math
 
+from .errors import MinivaeError
+
 
 def positive_int(text):
     value = int(text)
@@ -44,3 +46,15 @@ def add_output_flags(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def failure_line(error, folder, memory_hint):
+    """The one line a command prints for a failure it cannot go on after: a MinivaeError's message
+    (on one line), an OSError naming its file and ``folder`` to check, or running out of memory
+    (NumPy's MemoryError, CuPy's OutOfMemoryError) with ``memory_hint``."""
+    if isinstance(error, MemoryError):
+        return f"out of memory ({' '.join(str(error).split()) or 'no details'}); {memory_hint}"
+    if isinstance(error, OSError) and not isinstance(error, MinivaeError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or error}; check that {folder} is writable and has free space"
+    return " ".join(str(error).split())

@@ -19,11 +19,13 @@ import numpy as np
 
 from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
+from .checkpoint import (BINARIZE_MODES, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, read_run_settings, restore,
+                         save_checkpoint)
+from .cli import Parser, add_output_flags, failure_line, nonnegative_int, positive_float, positive_int
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import LOCK_NAME, atomic_write, folder_lock
+from .interrupts import check_interrupt, interrupt_guard
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
@@ -66,7 +68,7 @@ def build_parser():
     add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
     add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
     add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
-    add("--binarize", choices=("none", "static", "dynamic"),
+    add("--binarize", choices=BINARIZE_MODES,
         help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
     add("--seed", type=nonnegative_int, help="random seed (default: 1)")
     add("--out", default="results", help="folder for the run's files (default: results/)")
@@ -77,26 +79,39 @@ def build_parser():
     return parser
 
 
+PROGRAM = "minivae-train"
+MEMORY_HINT = "choose a smaller --hidden, --decoder-hidden, --latent-dim or --batch-size"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except MinivaeError as error:
-        if args.debug:
-            raise
-        print(f"minivae-train: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # writing a picture, metrics.csv or config.json: disk full, read-only, ...
-        if args.debug:
-            raise
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"minivae-train: error: {where}{error.strerror or error}; check that the --out folder is "
-              f"writable and has free space", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("minivae-train: interrupted; the last complete epoch's checkpoint is kept", file=sys.stderr)
-        return 130
+    """The command: 0 when done, 1 with one line on stderr for a failure, 130 for Ctrl-C (wherever it
+    lands: minivae/interrupts.py)."""
+    args = None
+    with interrupt_guard():
+        try:
+            try:
+                args = build_parser().parse_args(argv)
+                run(args)
+                check_interrupt()
+            except (MinivaeError, OSError, MemoryError) as error:
+                if args.debug:
+                    raise
+                print(f"{PROGRAM}: error: {failure_line(error, 'the --out folder', MEMORY_HINT)}", file=sys.stderr)
+                return 1
+        except KeyboardInterrupt:
+            print(f"{PROGRAM}: interrupted; {_what_is_kept(args)}", file=sys.stderr)
+            return 130
     return 0
+
+
+def _what_is_kept(args):
+    """After Ctrl-C: the checkpoint the run can be resumed from, if it has one."""
+    if args is None:
+        return "nothing was written"
+    out = args.resume or args.out
+    if os.path.isfile(os.path.join(out, CHECKPOINT_NAME)):
+        return f"{os.path.join(out, CHECKPOINT_NAME)} holds the last complete epoch; continue with --resume {out}"
+    return "no epoch was complete, so there is no checkpoint to resume from"
 
 
 def run(args):
@@ -151,6 +166,9 @@ def _prepare_out_folder(out, resuming):
     except OSError as error:
         raise MinivaeError(f"--out {out}: cannot create the folder ({error.strerror}); choose a writable folder")
     if not os.access(out, os.W_OK | os.X_OK):
+        if resuming:
+            raise MinivaeError(f"--resume {out}: the folder is not writable, so the run cannot continue there; "
+                               f"make it writable, or copy it to a writable place and resume the copy")
         raise MinivaeError(f"--out {out}: the folder is not writable; choose a writable folder")
 
 
@@ -176,11 +194,7 @@ def _read_saved_run(out, resuming):
     if not resuming:
         raise MinivaeError(f"--out {out} already holds a run ({CONFIG_NAME}); continue it with --resume {out}, "
                            f"or choose another --out")
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as error:
-        raise MinivaeError(f"{path}: cannot read the saved settings ({error}); start a new run with another --out")
+    return read_run_settings(path, "fix it, or start a new run with another --out")
 
 
 def _settings(args, saved):
@@ -306,6 +320,7 @@ class Trainer:
         progress = _progress_bar(n, epoch, self.show_progress)
         checked = 0
         for step in range(steps):
+            check_interrupt()  # a Ctrl-C that Python dropped in a callback stops the run here
             x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
             if dynamic:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
@@ -344,6 +359,7 @@ class Trainer:
         noise = backend.with_seed(self.settings["seed"] * 100_003 + epoch)
         sums = np.zeros(3)
         for start in range(0, self.test_x.shape[0], EVAL_BATCH_SIZE):
+            check_interrupt()
             x = self.test_x[start:start + EVAL_BATCH_SIZE]
             eps = None if use_mean else noise.standard_normal((model.n_samples, x.shape[0], model.latent_dim))
             reconstruction, kl = model.elbo_terms(x, eps, use_mean=use_mean)

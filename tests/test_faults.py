@@ -253,7 +253,7 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(run_args, re
 
 @pytest.mark.parametrize("crash, status, words", [
     (OSError(errno.ENOSPC, "No space left on device"), 1, ["cannot write checkpoint", "No space left"]),
-    (KeyboardInterrupt(), 130, ["interrupted; the last complete epoch's checkpoint is kept"]),
+    (KeyboardInterrupt(), 130, ["interrupted; ", "checkpoint.npz holds the last complete epoch; continue with --resume"]),
 ], ids=["disk-full", "interrupt"])
 def test_a_crash_while_writing_epoch_2s_checkpoint_keeps_epoch_1s(run_args, reference, tmp_path, monkeypatch,
                                                                   capsys, crash, status, words):
