@@ -206,6 +206,7 @@ def main(argv=None):
     with interrupt_guard():
         try:
             try:
+                check_interrupt()  # one that came during the start-up imports
                 args = build_parser().parse_args(argv)
                 results = run(args)
                 if not args.quiet:

@@ -76,7 +76,8 @@ def install_for_commands():
 @contextlib.contextmanager
 def interrupt_guard():
     """Inside the block, SIGINT raises KeyboardInterrupt and is also recorded (``check_interrupt``),
-    and a dropped one is not printed; an interrupt recorded before the block is raised on entry.
+    and a dropped one is not printed; an interrupt recorded before the block (during the start-up
+    imports) is pending inside it, raised by the first ``check_interrupt()``.
     The previous handler and hook are restored on exit (an interrupt after the block is then only
     recorded by the start-up guard, or handled as before)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
@@ -91,7 +92,6 @@ def interrupt_guard():
     sys.unraisablehook = guard.unraisable_hook(previous_hook)
     try:
         guard.raising = True
-        guard.check()
         yield guard
     finally:
         guard.raising = False

@@ -90,6 +90,7 @@ def main(argv=None):
     with interrupt_guard():
         try:
             try:
+                check_interrupt()  # one that came during the start-up imports
                 args = build_parser().parse_args(argv)
                 run(args)
                 check_interrupt()
