@@ -69,8 +69,8 @@ def test_an_interrupt_dropped_in_a_callback_still_stops_the_run(data_dir, tmp_pa
     out = tmp_path / "run"
     assert train.main(argv(data_dir, out, epochs=3)) == 130
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"minivae-train: interrupted; no epoch was complete, so there is no checkpoint to "
-                                f"resume from"], err
+    assert err.splitlines() == ["minivae-train: interrupted; no epoch was complete, so there is no checkpoint to "
+                                "resume from"], err
     assert not (out / "checkpoint.npz").exists()
 
 
