@@ -38,12 +38,16 @@ class Backend:
     """
 
     def __init__(self, name, xp, special, dtype="float32", seed=0, kernels=None, threads=1, row_threads=None):
-        if str(dtype) not in DTYPES:
+        try:
+            dtype_name = np.dtype(dtype).name if dtype is not None else "None"  # "float32" or np.float32
+        except TypeError:
+            dtype_name = str(dtype)
+        if dtype_name not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.name = name
         self.xp = xp
         self.special = special
-        self.dtype = xp.dtype(str(dtype))
+        self.dtype = xp.dtype(dtype_name)
         self.seed = seed
         self.rng = xp.random.default_rng(seed)
         self.kernels = kernels
@@ -97,16 +101,36 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
     def rng_state(self):
-        """The random generator's state as a JSON-serialisable dict (NumPy only)."""
-        if self.name != "numpy":
-            raise BackendUnavailable(f"saving the random state of the {self.name} backend is not supported")
-        return self.rng.bit_generator.state
+        """The random generator's state: NumPy's ``bit_generator.state`` (a JSON-serialisable dict),
+        or, for CuPy's cuRAND generators, whose state is a device array ``_state``,
+        ``{"bit_generator": its class name, "device_state": that array copied to the host}``."""
+        bit_generator = self.rng.bit_generator
+        state = getattr(bit_generator, "state", None)
+        if isinstance(state, dict):
+            return state
+        device_state = getattr(bit_generator, "_state", None)
+        if device_state is None:
+            raise BackendUnavailable(f"the random state of the {self.name} backend's {type(bit_generator).__name__} "
+                                     f"cannot be saved")
+        return {"bit_generator": type(bit_generator).__name__, "device_state": self.to_numpy(device_state).copy()}
 
     def set_rng_state(self, state):
-        """Restore a state returned by ``rng_state`` (NumPy only)."""
-        if self.name != "numpy":
-            raise BackendUnavailable(f"restoring the random state of the {self.name} backend is not supported")
-        self.rng.bit_generator.state = state
+        """Restore a state returned by ``rng_state`` (of a backend of the same kind: BackendUnavailable
+        for a NumPy state on CuPy or the other way round; ValueError for one of another generator)."""
+        bit_generator = self.rng.bit_generator
+        if "device_state" not in state:
+            if not isinstance(getattr(bit_generator, "state", None), dict):
+                raise BackendUnavailable(f"the {self.name} backend cannot take a NumPy random state")
+            bit_generator.state = state
+            return
+        device_state = getattr(bit_generator, "_state", None)
+        if device_state is None:
+            raise BackendUnavailable(f"the {self.name} backend cannot take a CuPy random state")
+        saved = state["device_state"]
+        if state["bit_generator"] != type(bit_generator).__name__ or tuple(saved.shape) != tuple(device_state.shape):
+            raise ValueError(f"a {state['bit_generator']} state of shape {tuple(saved.shape)} does not fit this "
+                             f"{type(bit_generator).__name__} of shape {tuple(device_state.shape)}")
+        device_state[...] = self.xp.asarray(saved.astype(device_state.dtype))
 
 
 def numpy_backend(dtype="float32", seed=0, threads=None):

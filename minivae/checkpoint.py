@@ -5,6 +5,8 @@ Layout of the archive (every member is a plain NumPy array; nothing is pickled):
     param/<name>          each parameter, e.g. ``param/encoder.0.W``
     optim/<kind>/<name>   each optimizer moment, e.g. ``optim/m_sum/encoder.0.W`` (Adam: m_sum, v_sum;
                           SGD: momentum_buffer)
+    rng/<field>           the arrays of the random state (CuPy's: ``rng/device_state``, the cuRAND
+                          generator's state); its other fields are in ``meta``
     meta                  a 0-d unicode array holding ONE JSON document: format version, minivae
                           version, epoch, model config, dtype, optimizer name / step /
                           hyperparameters, the backend's random state (or why there is none), the
@@ -36,6 +38,7 @@ FORMAT_VERSION = 1
 META_KEY = "meta"
 PARAM_PREFIX = "param/"
 OPTIM_PREFIX = "optim/"
+RNG_PREFIX = "rng/"
 
 ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "activation", "likelihood",
                        "variance", "n_samples")
@@ -155,6 +158,10 @@ def save_checkpoint(path, model, optimizer, *, epoch, extra=None):
         rng_state, rng_note = backend.rng_state(), None
     except BackendUnavailable as exc:
         rng_state, rng_note = None, str(exc)
+    rng_arrays = {key: value for key, value in (rng_state or {}).items() if isinstance(value, np.ndarray)}
+    arrays.update({RNG_PREFIX + key: value for key, value in rng_arrays.items()})
+    if rng_state is not None:
+        rng_state = {key: value for key, value in rng_state.items() if key not in rng_arrays}
     meta = {
         "format_version": FORMAT_VERSION,
         "minivae_version": __version__,
@@ -166,6 +173,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, extra=None):
         "optimizer": {"name": type(optimizer).__name__, "step": int(state["step"]),
                       "hyperparameters": state["hyperparameters"], "moments": list(optimizer.moment_names)},
         "rng_state": rng_state,
+        "rng_arrays": sorted(rng_arrays),
         "rng_state_note": rng_note,
         "extra": {} if extra is None else extra,
     }
@@ -236,7 +244,8 @@ def load_checkpoint(path):
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(path, f"its metadata lacks or mangles a field ({type(exc).__name__}: {exc})") from exc
 
-    expected = {PARAM_PREFIX + name for name in names}
+    rng_arrays = [RNG_PREFIX + key for key in meta.get("rng_arrays", [])]
+    expected = {PARAM_PREFIX + name for name in names} | set(rng_arrays)
     expected |= {f"{OPTIM_PREFIX}{kind}/{name}" for kind in kinds for name in names}
     if set(members) != expected:
         missing, unexpected = sorted(expected - set(members)), sorted(set(members) - expected)
@@ -244,6 +253,8 @@ def load_checkpoint(path):
     checkpoint.params = {name: members[PARAM_PREFIX + name] for name in names}
     for kind in kinds:
         optimizer_state[kind] = {name: members[f"{OPTIM_PREFIX}{kind}/{name}"] for name in names}
+    for key in rng_arrays:
+        checkpoint.rng_state[key[len(RNG_PREFIX):]] = members.pop(key)
     for key, array in members.items():
         _check_array(path, key, array, checkpoint.dtype)
     return checkpoint
@@ -269,6 +280,10 @@ def _check_meta(path, meta):
             raise _unusable(path, where + problem[1])
     if meta.get("rng_state") is not None and not isinstance(meta["rng_state"], dict):
         raise _unusable(path, f"rng_state={meta['rng_state']!r} must be an object (or null)")
+    rng_arrays = meta.get("rng_arrays", [])
+    if not (isinstance(rng_arrays, list) and all(isinstance(key, str) for key in rng_arrays)) or (
+            rng_arrays and not isinstance(meta.get("rng_state"), dict)):
+        raise _unusable(path, f"rng_arrays={rng_arrays!r} must be a list of names, beside an rng_state object")
 
 
 def _check_array(path, key, array, dtype):

@@ -260,9 +260,3 @@ class GuardBackend(Backend):
 
     def with_seed(self, seed):
         return GuardBackend(self.dtype.name, seed, fused=self.kernels is not None)
-
-    def rng_state(self):
-        return self.rng.bit_generator.state
-
-    def set_rng_state(self, state):
-        self.rng.bit_generator.state = state

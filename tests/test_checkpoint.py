@@ -232,9 +232,10 @@ def test_restore_copies_into_the_existing_arrays(trained):
 
 
 def test_a_backend_without_an_exportable_random_state_saves_none(tmp_path):
-    """Backends other than NumPy (CuPy) raise BackendUnavailable from rng_state: the checkpoint records
-    that there is none, and restore says it did not restore one."""
+    """A backend whose generator exports no state raises BackendUnavailable from rng_state: the
+    checkpoint records that there is none, and restore says it did not restore one."""
     backend = Backend("fake-device", np, scipy.special, dtype="float32", seed=0)
+    backend.rng = _WithBitGenerator(backend.rng, object())
     model = small_model(backend)
     optimizer = Adam(model.parameters())
     train(model, optimizer, batch(backend), 1)
@@ -656,3 +657,78 @@ def test_a_checkpoint_holding_values_no_model_can_take_is_refused_on_load(traine
     message = str(info.value)
     assert words in message and os.fspath(broken) in message, message
     assert "\n" not in message
+
+
+# -- CuPy's random state (issue 13, item 9) ---------------------------------------------------------------
+
+class _CurandLike:
+    """What Backend.rng_state sees of CuPy's XORWOW: the cuRAND state in a device int8 array ``_state``
+    (``state()`` is a method returning a pointer there, not a dict)."""
+
+    def __init__(self, xp, seed):
+        self._state = xp.asarray(np.random.default_rng(seed).integers(-128, 128, 480).astype(np.int8))
+
+    def state(self):
+        return 0
+
+
+class _WithBitGenerator:
+    """A generator drawing as ``generator`` does, showing ``bit_generator`` instead of its own."""
+
+    def __init__(self, generator, bit_generator):
+        self._generator, self.bit_generator = generator, bit_generator
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
+
+
+def _cupy_like(seed):
+    from device_guard import GuardBackend
+
+    backend = GuardBackend("float32", seed=0)
+    backend.rng = _WithBitGenerator(backend.rng, _CurandLike(backend.xp, seed))
+    return backend
+
+
+def test_a_cupy_random_state_round_trips_through_a_checkpoint(tmp_path):
+    """The device state is saved as the member rng/device_state and restored into the generator's
+    own device array, so a CuPy run resumes exactly (it used to be left out: "not supported")."""
+    saving = _cupy_like(seed=1)
+    model = small_model(saving)
+    optimizer = Adam(model.parameters())
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, model, optimizer, epoch=1)
+    saved = saving.rng.bit_generator._state.get()
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.rng_state["bit_generator"] == "_CurandLike"
+    np.testing.assert_array_equal(checkpoint.rng_state["device_state"], saved)
+
+    resuming = _cupy_like(seed=2)
+    target = small_model(resuming)
+    device_array = resuming.rng.bit_generator._state
+    assert (device_array.get() != saved).any()
+    assert restore(checkpoint, target, Adam(target.parameters())) is True
+    assert resuming.rng.bit_generator._state is device_array  # written into, not replaced
+    np.testing.assert_array_equal(device_array.get(), saved)
+
+
+def test_a_random_state_of_the_other_kind_is_not_restored(tmp_path, trained):
+    """A NumPy state on a CuPy-like generator (and back): restore reports False, the run goes on."""
+    path, _, _ = trained
+    cupy_like = _cupy_like(seed=3)
+    model = small_model(cupy_like)
+    before = cupy_like.rng.bit_generator._state.get()
+    assert restore(load_checkpoint(path), model, Adam(model.parameters())) is False
+    np.testing.assert_array_equal(cupy_like.rng.bit_generator._state.get(), before)
+    save_checkpoint(tmp_path / "cupy.npz", model, Adam(model.parameters()), epoch=1)
+    numpy_model = small_model(numpy_backend("float32"))
+    assert restore(load_checkpoint(tmp_path / "cupy.npz"), numpy_model, Adam(numpy_model.parameters())) is False
+
+
+def test_get_backend_takes_numpy_dtypes():
+    """issue 13, item 10: get_backend(dtype=np.float32) was refused."""
+    for dtype in (np.float32, np.dtype("float32"), "float32"):
+        assert numpy_backend(dtype).dtype == np.float32
+    for bad in (np.float16, "float16", None, "bogus"):
+        with pytest.raises(ValueError, match="dtype must be one of"):
+            numpy_backend(bad)
