@@ -29,11 +29,11 @@ from . import __version__
 from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, check_run_settings, load_checkpoint, model_from_checkpoint,
                          read_run_settings)
-from .cli import Parser, add_output_flags, failure_line, nonnegative_int, positive_int
+from .cli import Parser, add_output_flags, nonnegative_int, positive_int, run_command
 from .data import DATASETS, binarize_dataset, load_dataset
-from .errors import CheckpointError, DataError, MinivaeError, NumericalError
+from .errors import CheckpointError, DataError, NumericalError
 from .fileio import atomic_write
-from .interrupts import check_interrupt, interrupt_guard
+from .interrupts import check_interrupt
 from .gaussian import gaussian_log_density, reparameterize
 
 PROGRAM = "minivae-evaluate"
@@ -202,29 +202,21 @@ MEMORY_HINT = "pass a smaller --chunk (or --memory-mb) or --batch-size"
 def main(argv=None):
     """The command: the table on stdout, then the JSON written; 1 with one line on stderr for a
     failure (a failed write comes after the table, so the computation is not lost); 130 for Ctrl-C."""
-    args, output = None, None
-    with interrupt_guard():
-        try:
-            try:
-                check_interrupt()  # one that came during the start-up imports
-                args = build_parser().parse_args(argv)
-                results = run(args)
-                if not args.quiet:
-                    print(format_table(results))
-                output = write_results(results, args)
-                if not args.quiet:
-                    print(f"wrote {output}")
-                check_interrupt()
-            except (MinivaeError, OSError, MemoryError) as error:
-                if args.debug:
-                    raise
-                print(f"{PROGRAM}: error: {failure_line(error, 'the folder', MEMORY_HINT)}", file=sys.stderr)
-                return 1
-        except KeyboardInterrupt:
-            print(f"{PROGRAM}: interrupted; {'nothing was written' if output is None else f'{output} is written'}",
-                  file=sys.stderr)
-            return 130
-    return 0
+    written = []
+
+    def evaluate_and_write(args):
+        results = run(args)
+        if not args.quiet:
+            print(format_table(results))
+        written.append(write_results(results, args))
+        if not args.quiet:
+            print(f"wrote {written[0]}")
+
+    def after_interrupt(args):
+        return f"{written[0]} is written" if written else "nothing was written"
+
+    return run_command(PROGRAM, build_parser(), evaluate_and_write, after_interrupt, "the folder", MEMORY_HINT,
+                           argv)
 
 
 def run(args):

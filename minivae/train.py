@@ -21,11 +21,11 @@ from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .checkpoint import (BINARIZE_MODES, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, read_run_settings, restore,
                          save_checkpoint)
-from .cli import Parser, add_output_flags, failure_line, nonnegative_int, positive_float, positive_int
+from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int, run_command
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import LOCK_NAME, atomic_write, folder_lock
-from .interrupts import check_interrupt, interrupt_guard
+from .interrupts import check_interrupt
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
@@ -86,23 +86,7 @@ MEMORY_HINT = "choose a smaller --hidden, --decoder-hidden, --latent-dim or --ba
 def main(argv=None):
     """The command: 0 when done, 1 with one line on stderr for a failure, 130 for Ctrl-C (wherever it
     lands: minivae/interrupts.py)."""
-    args = None
-    with interrupt_guard():
-        try:
-            try:
-                check_interrupt()  # one that came during the start-up imports
-                args = build_parser().parse_args(argv)
-                run(args)
-                check_interrupt()
-            except (MinivaeError, OSError, MemoryError) as error:
-                if args.debug:
-                    raise
-                print(f"{PROGRAM}: error: {failure_line(error, 'the --out folder', MEMORY_HINT)}", file=sys.stderr)
-                return 1
-        except KeyboardInterrupt:
-            print(f"{PROGRAM}: interrupted; {_what_is_kept(args)}", file=sys.stderr)
-            return 130
-    return 0
+    return run_command(PROGRAM, build_parser(), run, _what_is_kept, "the --out folder", MEMORY_HINT, argv)
 
 
 def _what_is_kept(args):
