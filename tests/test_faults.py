@@ -778,3 +778,20 @@ def test_a_full_disk_while_locking_leaves_no_claim_and_names_the_lock(run_args, 
         assert_one_line_error(capsys.readouterr().err, f"{out / '.lock'}: cannot write the lock file (No space left "
                                                        "on device)", "free space")
     assert os.listdir(out) == []
+
+
+def test_resume_advice_for_a_checkpoint_that_disagrees_with_config_json_can_be_followed(finished_run, tmp_path,
+                                                                                       capsys):
+    """issue 13, item 3: the checkpoint said "pass --latent-dim 3", and passing it was refused with
+    "drop --latent-dim"; the advice now points at the files, and following it works."""
+    out = copy_of(finished_run, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "latent_dim": 4}))
+    assert train.main(["--resume", str(out), "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "latent_dim=3, this model has latent_dim=4", "config.json must say the same",
+                          "start a new --out folder")
+    assert "pass --" not in err
+    (out / "config.json").write_text(json.dumps(config))  # the advice: the checkpoint's own config
+    assert train.main(["--resume", str(out), "--epochs", "3"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz").epoch == 3
