@@ -486,7 +486,7 @@ def _search_folders(spec, system_dirs):
     return folders
 
 
-def _find_file(folder, name):
+def find_file(folder, name):
     """The path of ``name`` or ``name.gz`` in ``folder`` (the raw file first), or None."""
     for candidate in (name, name + ".gz"):
         path = os.path.join(folder, candidate)
@@ -497,7 +497,7 @@ def _find_file(folder, name):
 
 def _missing_files(spec, folder):
     """The names of ``spec.files`` found in ``folder`` neither raw nor gzipped."""
-    return [name for name in spec.files if _find_file(folder, name) is None]
+    return [name for name in spec.files if find_file(folder, name) is None]
 
 
 def _describe_missing(folder, missing):
@@ -520,7 +520,7 @@ def _load_from_data_dir(spec, data_dir):
 
 def _load_folder(spec, folder):
     """Load the dataset of ``spec`` from ``folder``, which holds every one of its files."""
-    paths = [_find_file(folder, name) for name in spec.files]
+    paths = [find_file(folder, name) for name in spec.files]
     if spec.file_format == "frey-mat":
         return _load_frey(spec, folder, paths[0])
     return _load_idx_dataset(spec, folder, paths)
@@ -620,7 +620,7 @@ def _download_missing(spec, folder, log, timeout):
         return [f"{folder}: cannot create the download folder ({error.strerror}); set XDG_CACHE_HOME "
                 f"to a writable folder"]
     for name in spec.files:
-        if _find_file(folder, name) is None:
+        if find_file(folder, name) is None:
             failures = _download_file(spec, name, folder, log, timeout)
             if failures:
                 return failures
