@@ -232,3 +232,18 @@ def test_evaluate_reads_tex_arithmetic(tex, value):
 def test_evaluate_refuses_anything_but_arithmetic(tex):
     with pytest.raises((ValueError, SyntaxError)):
         evaluate(tex, FUNCTIONS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dims", "1", "1", "1", "--x", "1", "0"], "--x: expected D = 1 numbers, got 2"),
+    (["--dims", "2", "1", "1", "--x", "1", "0", "--eps", "1", "2"], "--eps: expected J = 1 numbers, got 2"),
+    (["--dims", "1", "1", "1", "--x", "1", "--eps", "1", "--set", "W2=1"], "--set W2: expected 2 numbers"),
+    (["--set", "W9=1"], "NAME one of W1 b1 W2 b2 W3 b3 W4 b4"),
+    (["--set", "W1=1,x"], "W1: expected comma-separated numbers"),
+    (["--dims", "1", "0", "1"], "every size must be >= 1"),
+])
+def test_the_script_refuses_bad_sizes_and_values_with_a_clear_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
