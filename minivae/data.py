@@ -537,7 +537,14 @@ def _load_idx_dataset(spec, folder, paths):
                         f"{train_images} holds {train_shape[0]}x{train_shape[1]}; use a test set of "
                         f"the training set's image size")
     return Dataset(spec.name, train_x, train_y, test_x, test_y, train_shape, folder, spec.likelihood_hint,
-                   spec.class_names)
+                   _names_fitting(spec.class_names, train_y, test_y))
+
+
+def _names_fitting(class_names, *labels):
+    """``class_names`` when every label indexes it (files in a --data-dir may hold other labels), else None."""
+    if class_names is None or any(split.min() < 0 or split.max() >= len(class_names) for split in labels):
+        return None
+    return class_names
 
 
 def _read_split(images_path, labels_path, checksums=(None, None)):

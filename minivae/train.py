@@ -381,7 +381,8 @@ def _write_epoch_outputs(trainer, epoch, history):
         plots.save_manifold(os.path.join(out, "manifold.png"), decode, image_shape)
         means = backend.to_numpy(model.encode(trainer.test_x[:5000])[0])
         labels = trainer.dataset.test_y[:5000] if trainer.dataset.test_y is not None else None
-        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels)
+        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels,
+                                  trainer.dataset.class_names)
     save_checkpoint(os.path.join(out, CHECKPOINT_NAME), model, trainer.optimizer, epoch=epoch,
                     extra={"history": history, "settings": trainer.settings})
 
