@@ -54,10 +54,11 @@ def kernel_name(key):
     return f"minivae_{key}"
 
 
-def build(cupy):
-    """The kernels of ``SOURCES`` as ``cupy.ElementwiseKernel`` objects, one attribute per key
-    (``kernels.reparameterize(mu, logvar, eps)``). CuPy compiles each on its first call, for the
-    dtype and layout of its arguments."""
+def build(cupy, sources=None):
+    """The kernels of ``sources`` (default ``SOURCES``) as ``cupy.ElementwiseKernel`` objects, one
+    attribute per key (``kernels.reparameterize(mu, logvar, eps)``). CuPy compiles each on its first
+    call, for the dtype and layout of its arguments."""
+    sources = SOURCES if sources is None else sources
     return SimpleNamespace(**{
         key: cupy.ElementwiseKernel(source.in_params, source.out_params, source.operation, kernel_name(key))
-        for key, source in SOURCES.items()})
+        for key, source in sources.items()})
