@@ -84,3 +84,27 @@ def nvrtc_version():
 def supported_archs():
     """The ``sm_XX`` numbers the installed NVRTC compiles for, as strings."""
     return tuple(str(arch) for arch in nvrtc.getSupportedArchs())
+
+
+def compare_with_cupy_on_a_gpu():
+    """On a machine with a GPU (benchmarks/gpu_check.sh): call every kernel on contiguous arrays of
+    each dtype and compare the source CuPy compiled for the call (``cached_codes``) with
+    ``kernel_source``'s, to show that the NVRTC checks compile what CuPy compiles. Returns the
+    number of differences (printed)."""
+    from minivae.kernels import cuda
+
+    differences = 0
+    for key, kernel in vars(cuda.build(cupy)).items():
+        scalars = cuda.SOURCES[key].scalars
+        for dtype in DTYPES:
+            kernel._cached_codes.clear()
+            kernel(*[1.0 if p.name in scalars else cupy.ones(8, dtype=dtype) for p in kernel.in_params])
+            (compiled,) = kernel.cached_codes.values()
+            same = kernel_source(kernel, scalars, dtype, "contiguous").endswith(compiled)
+            differences += not same
+            print(f"{kernel.name} {dtype}: {'the same source' if same else 'SOURCES DIFFER'}")
+    return differences
+
+
+if __name__ == "__main__":
+    raise SystemExit(1 if compare_with_cupy_on_a_gpu() else 0)
