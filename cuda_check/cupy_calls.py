@@ -34,7 +34,7 @@ Call = namedtuple("Call", ["namespace", "name", "n_positional", "keywords", "whe
 Call.__doc__ = """One call (or attribute use) of CuPy: namespace "xp", "special", "rng", "array" or
 "kernels"; name, dotted below the namespace ("random.default_rng"); the number of positional
 arguments and the sorted keyword names, None where unknown (``*args``, ``**kwargs``, no call);
-where: "file:line", or "recorded"."""
+where: "file:line", or "recorded at file:line"."""
 
 NAMESPACES = {"xp": cupy, "special": cupyx.scipy.special, "rng": cupy.random.Generator, "array": cupy.ndarray}
 # Names a bare variable may have for each namespace; "rng" only as an attribute (``backend.rng``):
@@ -112,9 +112,9 @@ def collect_static(package_dir):
 
 
 def recorded_calls(records):
-    """Calls from the device guard's ``CALLS`` records (namespace, name, n_positional, keywords)."""
-    return [Call(namespace, name, n_positional, tuple(keywords), "recorded")
-            for namespace, name, n_positional, keywords in sorted(records)]
+    """Calls from the device guard's ``CALLS`` records (namespace, name, n_positional, keywords, where)."""
+    return [Call(namespace, name, n_positional, tuple(keywords), f"recorded at {where}")
+            for namespace, name, n_positional, keywords, where in sorted(records)]
 
 
 def resolve(call):

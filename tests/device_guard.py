@@ -16,6 +16,8 @@ each one against the installed CuPy.
 
 import collections
 import operator
+import os
+import sys
 import types
 
 import numpy as np
@@ -26,12 +28,15 @@ from minivae.backend import Backend
 # Every explicit copy between host and device, counted, so a test can bound them.
 TRANSFERS = collections.Counter()
 # Every call made through the guard: (namespace, name, number of positional arguments, keyword
-# names); namespace is "xp", "special", "rng" (the random generator) or "array" (an array method).
+# names, "file:line" of the caller); namespace is "xp", "special", "rng" (the random generator),
+# "array" (an array method) or "kernels" (a fused kernel).
 CALLS = set()
 
 
 def _record(namespace, name, args, kwargs):
-    CALLS.add((namespace, name, len(args), tuple(sorted(kwargs))))
+    caller = sys._getframe(2)  # the code that called the guard's function or method
+    where = f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}"
+    CALLS.add((namespace, name, len(args), tuple(sorted(kwargs)), where))
 
 
 class GuardArray:
