@@ -30,8 +30,11 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def python_sigint():
-    """Python's own SIGINT handler (KeyboardInterrupt) around the test, as a command starts with."""
+def python_sigint(monkeypatch):
+    """Python's own SIGINT handler (KeyboardInterrupt) and its own hook for dropped exceptions (which
+    prints "Exception ignored in ..." on stderr; pytest's would turn it into a warning) around the
+    test, as a command starts with."""
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
