@@ -12,6 +12,7 @@
 from collections import namedtuple
 
 from .backend import numpy_backend
+from .conv import check_image_shape, conv_decoder, conv_decoder_values_per_row, conv_encoder
 from .gaussian import head_gradient, kl_divergence, reparameterize
 from .layers import ParameterBuffer, mlp
 from .likelihoods import make_likelihood
@@ -22,7 +23,7 @@ the batch (0-d arrays of the backend; ``float()`` brings one to the host)."""
 
 
 class VAE:
-    """A VAE with MLP encoder and decoder.
+    """A VAE with MLP (or convolutional) encoder and decoder.
 
     Args:
         input_dim: D, the number of values per datapoint (784 for 28x28 images).
@@ -35,10 +36,16 @@ class VAE:
         variance: the fixed variance s2 of the Gaussian likelihood.
         n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
         backend: a Backend (default: NumPy, float32, seed 0).
+        architecture: "mlp" (the Linear layers above) or "conv" (minivae/conv.py: two stride-2 4x4
+            convolutions to ``channels`` and a Linear head; the decoder mirrors it with transpose
+            convolutions; ``hidden`` and ``decoder_hidden`` are not used).
+        image_shape: (H, W) of the images, H*W = input_dim, both multiples of 4 (conv only).
+        channels: (c1, c2), the channels of the two convolutions (conv only).
     """
 
     def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
-                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None):
+                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None, architecture="mlp",
+                 image_shape=None, channels=(32, 64)):
         self.backend = backend if backend is not None else numpy_backend()
         hidden = tuple(int(h) for h in hidden)
         decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)
@@ -56,10 +63,33 @@ class VAE:
         self.n_samples = int(n_samples)
         self.likelihood = make_likelihood(likelihood, self.backend, variance)
         # The encoder's last Linear is the fused head: 2J outputs, [mu | logvar] (eq. (4)).
-        self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
-        self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
-        self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+        if architecture == "conv":
+            self._build_conv(image_shape, channels)
+        elif architecture == "mlp":
+            self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
+            self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
+            self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+            self.decoder_values_per_row = sum(decoder_hidden)
+        else:
+            raise ValueError(f"unknown architecture {architecture!r}: choose mlp or conv")
         self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
+
+    def _build_conv(self, image_shape, channels):
+        """The conv encoder and decoder (minivae/conv.py, section 18 of docs/derivation.md) for images
+        of ``image_shape`` (H, W), H*W = input_dim, with ``channels`` (c1, c2); recorded in the config
+        (an MLP's config stays as it was, so its checkpoints load as before)."""
+        if image_shape is None:
+            raise ValueError("the conv architecture needs image_shape (H, W)")
+        height, width = check_image_shape(image_shape)
+        channels = tuple(int(c) for c in channels)
+        if height * width != self.config["input_dim"] or len(channels) != 2 or min(channels) < 1:
+            raise ValueError(f"image_shape {height}x{width} must hold input_dim={self.config['input_dim']} "
+                             f"values and channels two sizes >= 1, got {channels}")
+        self.config.update(architecture="conv", image_shape=[height, width], channels=list(channels),
+                           hidden=[], decoder_hidden=[])
+        args = ((height, width), channels, self.latent_dim, self.config["activation"], self.backend)
+        self.encoder, self.decoder = conv_encoder(*args), conv_decoder(*args)
+        self.decoder_values_per_row = conv_decoder_values_per_row(height, width, channels)
 
     def parameters(self):
         """Every trainable Parameter, encoder first, in a fixed order."""
