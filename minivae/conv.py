@@ -139,8 +139,16 @@ class _Convolution(Layer):
         return self.W.data.reshape(self.W.data.shape[0], -1)
 
     def _set_grads(self, rows, cols, dy):
-        """Eq. (28): ``dW_rows = rows cols^T``; ``db = dy`` summed over batch, height and width."""
-        self.xp.matmul(rows, cols.T, out=self.W.grad.reshape(self.W.grad.shape[0], -1))
+        """Eq. (28): ``dW_rows = rows cols^T``; ``db = dy`` summed over batch, height and width.
+
+        The product has a long inner dimension (B*OH*OW) and a small output; OpenBLAS runs it several
+        times faster with the longer side of the output on the left (measured 8x for 512 x 64, 7x for
+        32 x 16 in the conv VAE), so it is taken as ``(cols rows^T)^T`` when cols has more rows."""
+        grad_rows = self.W.grad.reshape(self.W.grad.shape[0], -1)
+        if rows.shape[0] >= cols.shape[0]:
+            self.xp.matmul(rows, cols.T, out=grad_rows)
+        else:
+            grad_rows[...] = (cols @ rows.T).T
         dy.sum(axis=(0, 2, 3), out=self.b.grad)
 
     def __repr__(self):
