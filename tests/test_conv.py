@@ -10,15 +10,19 @@
 - the conv VAE end to end against finite differences, and the sizes it refuses.
 """
 
+import json
 import math
 
 import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from tiny_data import cli_args, write_dataset
 
 import minivae.conv as conv
+from minivae import evaluate, train
 from minivae.backend import get_backend
+from minivae.checkpoint import load_checkpoint
 from minivae.conv import Conv2d, ConvTranspose2d, Reshape, conv_output_size, transpose_output_size
 from minivae.gradcheck import DEFAULT_TOLERANCE, check_conv, check_model
 from minivae.model import VAE
@@ -271,3 +275,52 @@ def test_conv_vae_shapes_config_and_rebuild():
 def test_conv_vae_refuses_sizes_it_cannot_mirror(shape):
     with pytest.raises(ValueError, match=r"multiples of 4 .* use --architecture mlp"):
         VAE(input_dim=shape[0] * shape[1], architecture="conv", image_shape=shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# python -m minivae.train / evaluate with --architecture conv
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def conv_data(tmp_path_factory):
+    """64 training and 16 test images of 8x12 pixels (multiples of 4)."""
+    return write_dataset(tmp_path_factory.mktemp("conv") / "data", 64, 16, 8, 12)
+
+
+def conv_args(data, out, *extra, epochs=2):
+    return cli_args(data, out, "--architecture", "conv", "--quiet", *extra, epochs=epochs, hidden=())
+
+
+def test_conv_run_resumes_exactly_and_evaluates(conv_data, tmp_path, capsys):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train.main(conv_args(conv_data, whole)) == 0
+    assert train.main(conv_args(conv_data, split, epochs=1)) == 0
+    assert train.main(["--resume", str(split), "--epochs", "2", "--quiet"]) == 0
+    a, b = load_checkpoint(whole / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert a.config["architecture"] == "conv" and a.config["image_shape"] == [8, 12]
+    assert a.params.keys() == b.params.keys()
+    for name in a.params:  # bit for bit, as an uninterrupted run
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+    assert json.loads((whole / "config.json").read_text())["architecture"] == "conv"
+    capsys.readouterr()
+    assert evaluate.main([str(whole), "--iw-samples", "4", "--backend", "numpy"]) == 0
+    assert "log p(x)" in capsys.readouterr().out
+
+
+def test_an_mlp_checkpoint_is_not_resumed_as_conv(conv_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(cli_args(conv_data, out, "--quiet", epochs=1)) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", str(out), "--epochs", "2", "--architecture", "conv"]) == 1
+    assert "drop --architecture" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size, extra, words", [
+    ((10, 12), (), "multiples of 4 (28x28, 28x20, ...), not 10x12: use --architecture mlp"),
+    ((8, 12), ("--hidden", "16"), "--architecture conv has no hidden Linear layers"),
+])
+def test_train_refuses_what_conv_cannot_do_in_one_line(tmp_path, capsys, size, extra, words):
+    data = write_dataset(tmp_path / "data", 32, 8, *size)
+    assert train.main(conv_args(data, tmp_path / "run", *extra)) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and words in error
