@@ -324,3 +324,4 @@ def test_train_refuses_what_conv_cannot_do_in_one_line(tmp_path, capsys, size, e
     assert train.main(conv_args(data, tmp_path / "run", *extra)) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and words in error
+
