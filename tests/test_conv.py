@@ -189,19 +189,19 @@ def flipped_im2col(xp, x, kernel, stride, padding, out_size):
     """im2col reading each window upside down and mirrored: a true convolution, not PyTorch's."""
     C = x.shape[1]
     cols = correct_im2col(xp, x, kernel, stride, padding, out_size)
-    return cols.reshape((C,) + tuple(kernel) + (-1,))[:, ::-1, ::-1].reshape(cols.shape)
+    return cols.reshape((-1,) + tuple(kernel) + (C,))[:, ::-1, ::-1].reshape(cols.shape)
 
 
 def col2im_without_stride(xp, cols, image_shape, kernel, stride, padding, out_size):
     """col2im adding each window's entries back at stride 1: right only when stride is 1."""
     B, C, H, W = image_shape
     (kh, kw), (OH, OW) = kernel, out_size
-    cols = cols.reshape(C, kh, kw, B, OH, OW)
-    padded = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    cols = cols.reshape(OH, OW, B, kh, kw, C)
+    padded = xp.zeros((H + 2 * padding, W + 2 * padding, B, C), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            padded[:, :, i:i + OH, j:j + OW] += cols[:, i, j].transpose(1, 0, 2, 3)  # the stride forgotten
-    return padded[:, :, padding:padding + H, padding:padding + W]
+            padded[i:i + OH, j:j + OW] += cols[:, :, :, i, j]  # the stride forgotten
+    return padded[padding:padding + H, padding:padding + W].transpose(2, 3, 0, 1)
 
 
 def col2im_off_by_one_padding(xp, cols, image_shape, kernel, stride, padding, out_size):
