@@ -193,15 +193,9 @@ def flipped_im2col(xp, x, kernel, stride, padding, out_size):
 
 
 def col2im_without_stride(xp, cols, image_shape, kernel, stride, padding, out_size):
-    """col2im adding each window's entries back at stride 1: right only when stride is 1."""
-    B, C, H, W = image_shape
-    (kh, kw), (OH, OW) = kernel, out_size
-    cols = cols.reshape(OH, OW, B, kh, kw, C)
-    padded = xp.zeros((H + 2 * padding, W + 2 * padding, B, C), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            padded[i:i + OH, j:j + OW] += cols[:, :, :, i, j]  # the stride forgotten
-    return padded[padding:padding + H, padding:padding + W].transpose(2, 3, 0, 1)
+    """col2im adding each window's entries back at stride 1 (the stride forgotten): right only when
+    stride is 1."""
+    return correct_col2im(xp, cols, image_shape, kernel, 1, padding, out_size)
 
 
 def col2im_off_by_one_padding(xp, cols, image_shape, kernel, stride, padding, out_size):
