@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tiny_data import cli_args, write_dataset
 
 import minivae.conv as conv
-from minivae import evaluate, train
+from minivae import evaluate, gradcheck, train
 from minivae.backend import get_backend
 from minivae.checkpoint import load_checkpoint
 from minivae.conv import Conv2d, ConvTranspose2d, Reshape, conv_output_size, transpose_output_size
@@ -319,3 +319,18 @@ def test_train_refuses_what_conv_cannot_do_in_one_line(tmp_path, capsys, size, e
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and words in error
 
+
+
+@pytest.mark.parametrize("argv", [["--layer", "conv2d"], ["--layer", "conv_transpose2d", "--dtype", "float32"],
+                                  ["--architecture", "conv", "--image-shape", "4x8", "--activation", "tanh"]])
+def test_gradcheck_command_checks_the_conv_pieces(argv, capsys):
+    assert gradcheck.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "all ok" in out and ("Conv" in out or "conv 4x8" in out)
+
+
+def test_gradcheck_command_refuses_an_image_shape_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gradcheck.main(["--architecture", "conv", "--image-shape", "10x8"])
+    assert exit_info.value.code == 2
+    assert "multiples of 4" in capsys.readouterr().err
