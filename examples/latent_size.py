@@ -52,7 +52,7 @@ def build_parser():
     parser.add_argument("--train-size", type=int, default=10000, help="training images (default: 10000)")
     parser.add_argument("--test-size", type=int, default=2000, help="test images (default: 2000)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
-                        help="dataset (default: mnist, or the Fashion-MNIST copy on this machine)")
+                        help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
     parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",

@@ -4,7 +4,8 @@ Trains a VAE with a 2-D latent space (``python -m minivae.train --latent-dim 2``
 training command writes for it: ``manifold.png``, the decoder's means over a 20 x 20 grid of the
 prior's quantiles (the paper's figure), and ``latent_scatter.png``, the encoder's means of the test
 set coloured by label. The dataset is the training command's default: MNIST when it is on the
-machine or can be downloaded, else a Fashion-MNIST copy on the machine.
+machine or can be downloaded, else a Fashion-MNIST copy on the machine, else the packaged
+fashion-mnist-small.
 
     python examples/manifold.py                      # 5 epochs: 20 s to 4 min on 2 CPU cores
     python examples/manifold.py --quick              # made-up blob images, a few seconds
@@ -37,7 +38,7 @@ def build_parser():
     parser.add_argument("--out", default=os.path.join("results", "manifold"), help="run folder (a new one)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs (default: 5)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
-                        help="dataset (default: mnist, or the Fashion-MNIST copy on this machine)")
+                        help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
     parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.special
 
 from .errors import BackendUnavailable
+from .kernels import cuda as cuda_kernels
 from .threads import RowThreads, cpu_thread_count
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
@@ -31,7 +32,7 @@ class Backend:
         dtype: the floating dtype every array of the model is created in.
         rng: a ``Generator`` of ``xp.random``, seeded once; a seed reproduces a NumPy run bit for bit.
         kernels: fused elementwise kernels computing the same formulas as the plain ``xp`` code in
-            one pass each (CuPy: see ``cupy_kernels``), or None to use the plain code.
+            one pass each (CuPy: ``minivae.kernels.cuda``), or None to use the plain code.
         threads: how many CPU threads ``split_rows`` may use at once (1 on a GPU: there one pass is
             one kernel already).
         row_threads: the ``RowThreads`` behind ``split_rows`` (shared by ``with_seed`` copies).
@@ -124,39 +125,7 @@ def cupy_backend(dtype="float32", seed=0):
     import cupy
     import cupyx.scipy.special
 
-    return Backend("cupy", cupy, cupyx.scipy.special, dtype=dtype, seed=seed, kernels=cupy_kernels(cupy))
-
-
-def cupy_kernels(cupy):
-    """Fused CuPy ElementwiseKernels, one pass each, for the elementwise work of a training step.
-    Each computes exactly the formulas of the plain ``xp`` code it replaces (its reference in the
-    tests, which compare them wherever a GPU is present); ``T`` is float32 or float64.
-
-    - ``bernoulli_nll_and_grad(l, x) -> (nll terms, dlogits)``: eq. (8) and (10), softplus as
-      (l + |l|)/2 + log1p(exp(-|l|)), sigmoid as exp(l - softplus) (likelihoods.Bernoulli).
-    - ``reparameterize(mu, logvar, eps) -> z``: eq. (5), broadcasting over the L samples of eps.
-    - ``kl_terms(mu, logvar) -> KL terms``: eq. (7) before its sum over j.
-    - ``head_gradient(sum_l dz, sum_l dz*eps, mu, logvar) -> (dmu, dlogvar)``: eq. (18).
-    """
-    from types import SimpleNamespace
-
-    kernel = cupy.ElementwiseKernel
-    return SimpleNamespace(
-        bernoulli_nll_and_grad=kernel(
-            "T l, T x", "T nll, T dlogits",
-            "T a = fabs(l); T softplus = (l + a) * (T)0.5 + log1p(exp(-a));"
-            " nll = softplus - x * l; dlogits = exp(l - softplus) - x;",
-            "minivae_bernoulli_nll_and_grad"),
-        reparameterize=kernel(
-            "T mu, T logvar, T eps", "T z", "z = mu + eps * exp((T)0.5 * logvar);", "minivae_reparameterize"),
-        kl_terms=kernel(
-            "T mu, T logvar", "T kl", "kl = (T)-0.5 * ((T)1 + logvar - mu * mu - exp(logvar));", "minivae_kl_terms"),
-        head_gradient=kernel(
-            "T dz_sum, T dz_eps_sum, T mu, T logvar", "T dmu, T dlogvar",
-            "T std = exp((T)0.5 * logvar); dmu = dz_sum + mu;"
-            " dlogvar = dz_eps_sum * (T)0.5 * std + (T)0.5 * (exp(logvar) - (T)1);",
-            "minivae_head_gradient"),
-    )
+    return Backend("cupy", cupy, cupyx.scipy.special, dtype=dtype, seed=seed, kernels=cuda_kernels.build(cupy))
 
 
 def cupy_unavailable_reason():

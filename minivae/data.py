@@ -2,10 +2,19 @@
 
 A dataset is looked for, in order, in the folder given with ``--data-dir`` (and only there when one
 is given), in ``$MINIVAE_DATA/<name>`` and ``$MINIVAE_DATA``, in the user cache
-(``$XDG_CACHE_HOME/minivae/<name>``, by default ``~/.cache/minivae/<name>``) and in the system
-folders of ``SYSTEM_DIRS`` (where Debian's packages put their copies). When no folder holds every
-file, the files are downloaded into the user cache from the registry's mirrors, each one checked
-(checksum and structure) before it is renamed into place, so that nothing unverified is ever cached.
+(``$XDG_CACHE_HOME/minivae/<name>``, by default ``~/.cache/minivae/<name>``) and in
+``<root>/<name>`` for each system root (``/usr/share/datasets``, where Debian's packages put their
+copies; ``$MINIVAE_SYSTEM_DATA`` replaces that list: roots separated by ``os.pathsep``, empty for
+none). When no folder holds every file, the files are downloaded into the user cache from the
+registry's mirrors, each one checked (checksum and structure) before it is renamed into place, so
+that nothing unverified is ever cached. ``$MINIVAE_NO_DOWNLOAD=1`` forbids downloads, as
+``--no-download`` does.
+
+One dataset ships inside the package, so that training works on a machine with no network and no
+copy: ``fashion-mnist-small``, 10,000 training and 2,000 test images of Fashion-MNIST (MIT licence,
+Zalando SE), the first 1,000 (training) and 200 (test) images of each of its ten classes in file
+order. ``python -m minivae.make_small_dataset`` rebuilds it from the full files; its files are
+checked against the registry's SHA-256 digests every time they are loaded.
 
 Every failure raises ``DataError`` whose message names the file, what is wrong and the fix. This
 module is NumPy only: dynamic binarization and batching happen on the device, in the training loop.
@@ -56,6 +65,17 @@ IDX_FILES = (
 
 DOWNLOAD_CHUNK = 1 << 20
 
+# Datasets that ship with minivae live in PACKAGED_ROOT/<name>; the default system roots hold copies
+# installed by the operating system (Debian's dataset-* packages).
+PACKAGED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets")
+DEFAULT_SYSTEM_ROOTS = ("/usr/share/datasets",)
+SYSTEM_ROOTS_VARIABLE = "MINIVAE_SYSTEM_DATA"
+NO_DOWNLOAD_VARIABLE = "MINIVAE_NO_DOWNLOAD"
+
+MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
 
 @dataclass(frozen=True)
 class Checksum:
@@ -79,6 +99,8 @@ class DatasetSpec:
     a mirror serves ``file + download_suffix``. ``checksums`` maps a name of ``files`` to its
     ``Checksum``; a file without one is checked for structure only. ``file_format`` is ``"idx"``
     (four MNIST-named IDX files) or ``"frey-mat"`` (one MATLAB file holding the matrix ``ff``).
+    ``class_names`` names the labels 0, 1, ... (None for a dataset without labels). A ``packaged``
+    dataset ships in ``PACKAGED_ROOT/<name>``, has no mirrors, and is verified on every load.
     """
 
     name: str
@@ -91,6 +113,8 @@ class DatasetSpec:
     train_count: int
     test_count: int
     likelihood_hint: str
+    class_names: tuple[str, ...] | None = None
+    packaged: bool = False
 
     def summary(self):
         """One line for a help text: the name, the split sizes and the image size."""
@@ -132,6 +156,7 @@ DATASETS = {
         train_count=60000,
         test_count=10000,
         likelihood_hint="bernoulli",
+        class_names=MNIST_CLASSES,
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -154,6 +179,28 @@ DATASETS = {
         train_count=60000,
         test_count=10000,
         likelihood_hint="bernoulli",
+        class_names=FASHION_MNIST_CLASSES,
+    ),
+    # The subset of Fashion-MNIST that ships with minivae (see the module docstring); digests of the
+    # IDX bytes after gunzip, as written by `python -m minivae.make_small_dataset`.
+    "fashion-mnist-small": DatasetSpec(
+        name="fashion-mnist-small",
+        files=IDX_FILES,
+        mirrors=(),
+        download_suffix=".gz",
+        checksums=_sha256_of_decompressed((
+            "d33512cfdc636a0d8972818e6659995be209a88891df7fa2109d7895922c8985",
+            "620cb8e3b9348037c5ff9a07b02d773ab165330e072dfd19e0d21c59f8042dcf",
+            "15a92dd1e9b16ea361928086e77df4dfa890c255c00b5a8c8162c1040ce8eef1",
+            "234596aeb6eb48133ec99a62541f90bc0728c9559a681f1e0638037462458f2c",
+        )),
+        file_format="idx",
+        image_shape=(28, 28),
+        train_count=10000,
+        test_count=2000,
+        likelihood_hint="bernoulli",
+        class_names=FASHION_MNIST_CLASSES,
+        packaged=True,
     ),
     # Frey Face: 1965 video frames of 28x20 grey pixels, no labels. The last `test_count` frames are
     # the held-out test set. No checksum of frey_rawface.mat is published anywhere we could find,
@@ -172,7 +219,6 @@ DATASETS = {
     ),
 }
 
-SYSTEM_DIRS = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
 
 WAYS_OUT = (
     "Ways out: give this machine network access so the download can run; or pass --data-dir DIR, "
@@ -202,7 +248,8 @@ class Dataset:
     ``train_x`` and ``test_x`` are float32 arrays of shape (N, H*W) with values in [0, 1], each row
     one image flattened in C order from ``image_shape`` (H, W). ``train_y`` / ``test_y`` are int64
     labels of shape (N,), or None for a dataset without labels (frey). ``source`` is the folder the
-    files were read from; ``likelihood_hint`` is ``"bernoulli"`` or ``"gaussian"``.
+    files were read from; ``likelihood_hint`` is ``"bernoulli"`` or ``"gaussian"``; ``class_names``
+    names the labels 0, 1, ... (None when unknown).
     """
 
     name: str
@@ -213,16 +260,22 @@ class Dataset:
     image_shape: tuple[int, int]
     source: str
     likelihood_hint: str
+    class_names: tuple[str, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------- IDX files
 
-def read_idx(path):
+def read_idx(path, checksum=None):
     """Read an IDX file, raw or gzipped (told by its magic bytes), into a native-endian array.
 
-    Raises ``DataError`` for anything that is not a complete, non-empty IDX file of 1 to 4 dims.
+    Raises ``DataError`` for anything that is not a complete, non-empty IDX file of 1 to 4 dims,
+    and, with a ``Checksum``, for a file whose digest differs from it.
     """
-    return _parse_idx(_decompress(_read_bytes(path), path), path)
+    data = _read_bytes(path)
+    content = _decompress(data, path)
+    if checksum is not None:
+        _check_digest(data, content, checksum, path)
+    return _parse_idx(content, path)
 
 
 def write_idx(path, array):
@@ -311,25 +364,32 @@ def _parse_idx(data, source):
 
 # ------------------------------------------------------------------------------ loading a dataset
 
-def load_dataset(name, data_dir=None, download=True, log=print, system_dirs=SYSTEM_DIRS, timeout=5.0):
+def load_dataset(name, data_dir=None, download=True, log=print, system_dirs=None, timeout=5.0):
     """Find the dataset ``name`` (a key of ``DATASETS``), downloading it if allowed, and load it.
 
     With ``data_dir`` the files must be there (a user who names a folder means it). Otherwise the
-    folders of the module docstring are searched in order, then the mirrors are tried into the user
-    cache, each network operation giving up after ``timeout`` seconds. ``log`` receives one line per
-    download step. Raises ``DatasetUnavailable`` listing every attempt when all of them fail.
+    folders of the module docstring are searched in order (``system_dirs`` maps a dataset name to
+    its system folders; default ``system_folders()``), then the mirrors are tried into the user
+    cache, each network operation giving up after ``timeout`` seconds, unless ``download`` is False
+    or ``$MINIVAE_NO_DOWNLOAD`` forbids it. ``log`` receives one line per download step. Raises
+    ``DatasetUnavailable`` listing every attempt when all of them fail.
     """
     spec = _spec_named(name)
     if data_dir is not None:
         return _load_from_data_dir(spec, os.fspath(data_dir))
     tried = []
-    for folder in _search_folders(name, system_dirs):
+    for folder in _search_folders(spec, system_folders() if system_dirs is None else system_dirs):
         missing = _missing_files(spec, folder)
         if not missing:
             return _load_folder(spec, folder)
         tried.append(f"{folder}: " + _describe_missing(folder, missing))
-    if not download:
-        tried.append(f"download of {spec.name}: not attempted")
+    if spec.packaged:
+        tried.append(f"download of {spec.name}: it has no mirror, it ships with minivae; reinstall minivae "
+                     f"(pip install --force-reinstall minivae, or pip install -e . in a checkout)")
+        raise DatasetUnavailable(_unavailable_headline(spec), spec.files, tried)
+    if not download or downloads_forbidden():
+        reason = "--no-download" if not download else f"${NO_DOWNLOAD_VARIABLE} is set"
+        tried.append(f"download of {spec.name}: not attempted ({reason})")
         raise DatasetUnavailable(_unavailable_headline(spec), spec.files, tried)
     cache = cache_folder(name)
     failures = _download_missing(spec, cache, log, timeout)
@@ -338,28 +398,56 @@ def load_dataset(name, data_dir=None, download=True, log=print, system_dirs=SYST
     return _load_folder(spec, cache)
 
 
-def resolve_default_dataset(data_dir=None, download=True, log=print, system_dirs=SYSTEM_DIRS, timeout=5.0):
-    """The dataset of a run with no ``--dataset``: MNIST, or else a Fashion-MNIST copy on this machine.
+def resolve_default_dataset(data_dir=None, download=True, log=print, system_dirs=None, timeout=5.0):
+    """The dataset of a run with no ``--dataset``, and one ``log`` line saying which and why.
 
-    MNIST is searched for and downloaded as by ``load_dataset``. When it is neither here nor
-    downloadable, a Fashion-MNIST copy already on the machine is used (never downloaded) and one
-    ``log`` line says so. With ``data_dir``, the files there are loaded, whatever they hold.
+    In order: MNIST, found or downloaded as by ``load_dataset``; else a Fashion-MNIST copy already on
+    the machine (never downloaded); else ``fashion-mnist-small``, which ships with minivae. With
+    ``data_dir``, the files there are loaded as MNIST, whatever they hold, and nothing else is tried.
     """
-    mnist_where = "is not on this machine" + (" and could not be downloaded" if download else "")
+    if data_dir is not None:
+        return load_dataset("mnist", data_dir=data_dir, log=log)
     try:
-        return load_dataset("mnist", data_dir=data_dir, download=download, log=log,
-                            system_dirs=system_dirs, timeout=timeout)
-    except DatasetUnavailable as mnist_missing:
-        try:
-            fashion = load_dataset("fashion-mnist", download=False, log=log, system_dirs=system_dirs)
-        except DatasetUnavailable as fashion_missing:
-            headline = (f"no --dataset given: mnist {mnist_where}, and no copy of fashion-mnist is on "
-                        f"this machine either")
-            tried = mnist_missing.tried + fashion_missing.tried
-            raise DatasetUnavailable(headline, IDX_FILES, tried) from None
-    log(f"MNIST {mnist_where}: training on the Fashion-MNIST copy in {fashion.source} instead "
-        f"(pass --dataset to choose)")
-    return fashion
+        mnist = load_dataset("mnist", download=download, log=log, system_dirs=system_dirs, timeout=timeout)
+        log(f"no --dataset given: training on MNIST from {mnist.source}")
+        return mnist
+    except DatasetUnavailable as missing:
+        mnist_missing = missing
+    tried_download = download and not downloads_forbidden()
+    mnist_where = "MNIST is not on this machine" + (" and could not be downloaded" if tried_download
+                                                   else " (downloads are off)")
+    try:
+        fashion = load_dataset("fashion-mnist", download=False, log=log, system_dirs=system_dirs)
+        log(f"{mnist_where}: training on the Fashion-MNIST copy in {fashion.source} instead "
+            f"(pass --dataset to choose)")
+        return fashion
+    except DatasetUnavailable as missing:
+        fashion_missing = missing
+    try:
+        small = load_dataset("fashion-mnist-small", log=log)
+    except DatasetUnavailable as small_missing:
+        headline = ("no --dataset given: mnist is not on this machine and could not be found or downloaded, "
+                    "no copy of fashion-mnist is on this machine, and the packaged fashion-mnist-small "
+                    "is missing")
+        tried = mnist_missing.tried + fashion_missing.tried + small_missing.tried
+        raise DatasetUnavailable(headline, IDX_FILES, tried) from None
+    spec = DATASETS["fashion-mnist-small"]
+    log(f"{mnist_where}, and no Fashion-MNIST copy is on it: training on fashion-mnist-small, the "
+        f"{spec.train_count:,}-image Fashion-MNIST subset that ships with minivae (pass --dataset to choose)")
+    return small
+
+
+def downloads_forbidden():
+    """Whether ``$MINIVAE_NO_DOWNLOAD`` is set to something other than empty or ``0``."""
+    return os.environ.get(NO_DOWNLOAD_VARIABLE, "") not in ("", "0")
+
+
+def system_folders():
+    """Each dataset's system folders: ``<root>/<name>`` for each root of ``$MINIVAE_SYSTEM_DATA``
+    (separated by ``os.pathsep``; set and empty means none), or of ``DEFAULT_SYSTEM_ROOTS``."""
+    variable = os.environ.get(SYSTEM_ROOTS_VARIABLE)
+    roots = DEFAULT_SYSTEM_ROOTS if variable is None else [root for root in variable.split(os.pathsep) if root]
+    return {name: tuple(os.path.join(root, name) for root in roots) for name in DATASETS}
 
 
 def cache_folder(name):
@@ -382,18 +470,23 @@ def _spec_named(name):
     return DATASETS[name]
 
 
-def _search_folders(name, system_dirs):
-    """The folders that may hold dataset ``name``, most specific first (``data_dir`` excluded)."""
+def _search_folders(spec, system_dirs):
+    """The folders that may hold ``spec``'s dataset, most specific first (``data_dir`` excluded).
+
+    A packaged dataset is only ever read from the package itself.
+    """
+    if spec.packaged:
+        return [os.path.join(PACKAGED_ROOT, spec.name)]
     folders = []
     user_root = os.environ.get("MINIVAE_DATA")
     if user_root:
-        folders += [os.path.join(user_root, name), user_root]
-    folders.append(cache_folder(name))
-    folders += list(system_dirs.get(name, ()))
+        folders += [os.path.join(user_root, spec.name), user_root]
+    folders.append(cache_folder(spec.name))
+    folders += list(system_dirs.get(spec.name, ()))
     return folders
 
 
-def _find_file(folder, name):
+def find_file(folder, name):
     """The path of ``name`` or ``name.gz`` in ``folder`` (the raw file first), or None."""
     for candidate in (name, name + ".gz"):
         path = os.path.join(folder, candidate)
@@ -404,7 +497,7 @@ def _find_file(folder, name):
 
 def _missing_files(spec, folder):
     """The names of ``spec.files`` found in ``folder`` neither raw nor gzipped."""
-    return [name for name in spec.files if _find_file(folder, name) is None]
+    return [name for name in spec.files if find_file(folder, name) is None]
 
 
 def _describe_missing(folder, missing):
@@ -427,7 +520,7 @@ def _load_from_data_dir(spec, data_dir):
 
 def _load_folder(spec, folder):
     """Load the dataset of ``spec`` from ``folder``, which holds every one of its files."""
-    paths = [_find_file(folder, name) for name in spec.files]
+    paths = [find_file(folder, name) for name in spec.files]
     if spec.file_format == "frey-mat":
         return _load_frey(spec, folder, paths[0])
     return _load_idx_dataset(spec, folder, paths)
@@ -436,22 +529,33 @@ def _load_folder(spec, folder):
 def _load_idx_dataset(spec, folder, paths):
     """Load four MNIST-named IDX files (any image count and size) into a ``Dataset``."""
     train_images, train_labels, test_images, test_labels = paths
-    train_x, train_y, train_shape = _read_split(train_images, train_labels)
-    test_x, test_y, test_shape = _read_split(test_images, test_labels)
+    checksums = [spec.checksums.get(name) if spec.packaged else None for name in spec.files]
+    train_x, train_y, train_shape = _read_split(train_images, train_labels, checksums[:2])
+    test_x, test_y, test_shape = _read_split(test_images, test_labels, checksums[2:])
     if train_shape != test_shape:
         raise DataError(f"{test_images}: holds images of {test_shape[0]}x{test_shape[1]} pixels but "
                         f"{train_images} holds {train_shape[0]}x{train_shape[1]}; use a test set of "
                         f"the training set's image size")
-    return Dataset(spec.name, train_x, train_y, test_x, test_y, train_shape, folder, spec.likelihood_hint)
+    return Dataset(spec.name, train_x, train_y, test_x, test_y, train_shape, folder, spec.likelihood_hint,
+                   _names_fitting(spec.class_names, train_y, test_y))
 
 
-def _read_split(images_path, labels_path):
-    """Flattened pixels in [0, 1], int64 labels and the image shape of one images/labels pair."""
-    images = read_idx(images_path)
+def _names_fitting(class_names, *labels):
+    """``class_names`` when every label indexes it (files in a --data-dir may hold other labels), else None."""
+    if class_names is None or any(split.min() < 0 or split.max() >= len(class_names) for split in labels):
+        return None
+    return class_names
+
+
+def _read_split(images_path, labels_path, checksums=(None, None)):
+    """Flattened pixels in [0, 1], int64 labels and the image shape of one images/labels pair
+    (each file checked against its ``Checksum`` when one is given)."""
+    images_checksum, labels_checksum = checksums
+    images = read_idx(images_path, images_checksum)
     if images.ndim != 3:
         raise DataError(f"{images_path}: holds an array of shape {images.shape}; an images file must "
                         f"be 3-D (images, rows, columns): check that it is an images file")
-    labels = read_idx(labels_path)
+    labels = read_idx(labels_path, labels_checksum)
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: holds an array of shape {labels.shape}; a labels file must "
                         f"be 1-D (one label per image): check that it is a labels file")
@@ -523,7 +627,7 @@ def _download_missing(spec, folder, log, timeout):
         return [f"{folder}: cannot create the download folder ({error.strerror}); set XDG_CACHE_HOME "
                 f"to a writable folder"]
     for name in spec.files:
-        if _find_file(folder, name) is None:
+        if find_file(folder, name) is None:
             failures = _download_file(spec, name, folder, log, timeout)
             if failures:
                 return failures
@@ -575,15 +679,22 @@ def _verify_download(data, url, checksum, spec):
     """Raise ``DataError`` unless the downloaded ``data`` match ``checksum`` and the format of ``spec``."""
     content = _decompress(data, url)
     if checksum is not None:
-        digested = data if checksum.of == "download" else content
-        actual = hashlib.new(checksum.algorithm, digested, usedforsecurity=False).hexdigest()
-        if actual != checksum.digest:
-            raise DataError(f"{url}: the {checksum.algorithm} of the {checksum.of} bytes is {actual}, "
-                            f"expected {checksum.digest}; the mirror serves a damaged or different file")
+        _check_digest(data, content, checksum, url, fix="the mirror serves a damaged or different file")
     if spec.file_format == "frey-mat":
         _parse_frey_mat(content, url, spec.image_shape)
     else:
         _parse_idx(content, url)
+
+
+def _check_digest(data, content, checksum, source, fix="the file is damaged or not the published one: "
+                                                         "reinstall or download it again"):
+    """Raise ``DataError`` unless ``checksum`` matches ``data`` (as stored) or ``content`` (decompressed),
+    as its ``of`` says; ``source`` names the file and ``fix`` ends the message."""
+    digested = data if checksum.of == "download" else content
+    actual = hashlib.new(checksum.algorithm, digested, usedforsecurity=False).hexdigest()
+    if actual != checksum.digest:
+        raise DataError(f"{source}: the {checksum.algorithm} of the {checksum.of} bytes is {actual}, "
+                        f"expected {checksum.digest}; {fix}")
 
 
 def _describe_failure(url, error):

@@ -52,9 +52,10 @@ def build_parser():
         prog="python -m minivae.train", description="Train a VAE whose every gradient is written by hand.")
     add = parser.add_argument
     add("--dataset", choices=sorted(DATASETS),
-        help="dataset to train on (default: mnist, or a Fashion-MNIST copy on this machine when MNIST is unreachable)")
+        help="dataset to train on (default: mnist; when MNIST is unreachable, a Fashion-MNIST copy on this machine, "
+             "else fashion-mnist-small, which ships with minivae)")
     add("--data-dir", help="folder holding the dataset's files (IDX files with MNIST's names, or frey_rawface.mat)")
-    add("--no-download", action="store_true", help="never download a dataset")
+    add("--no-download", action="store_true", help="never download a dataset (as MINIVAE_NO_DOWNLOAD=1 does)")
     add("--backend", choices=BACKEND_NAMES, help="array backend (default: numpy)")
     add("--dtype", choices=DTYPES, help="floating-point type (default: float32)")
     add("--epochs", type=positive_int, help="total number of epochs (default: 10)")
@@ -398,7 +399,8 @@ def _write_epoch_outputs(trainer, epoch, history):
         plots.save_manifold(os.path.join(out, "manifold.png"), decode, image_shape)
         means = backend.to_numpy(model.encode(trainer.test_x[:5000])[0])
         labels = trainer.dataset.test_y[:5000] if trainer.dataset.test_y is not None else None
-        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels)
+        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels,
+                                  trainer.dataset.class_names)
     save_checkpoint(os.path.join(out, CHECKPOINT_NAME), model, trainer.optimizer, epoch=epoch,
                     extra={"history": history, "settings": trainer.settings})
 

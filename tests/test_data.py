@@ -315,7 +315,8 @@ def test_float_pixels_in_unit_range_are_accepted(tmp_path, clean_env):
 @pytest.mark.parametrize("name", sorted(data.DATASETS))
 def test_registry_entries_are_consistent(name):
     spec = data.DATASETS[name]
-    assert spec.name == name and spec.mirrors and all(mirror.endswith("/") for mirror in spec.mirrors)
+    assert spec.name == name and all(mirror.endswith("/") for mirror in spec.mirrors)
+    assert bool(spec.mirrors) != spec.packaged  # a packaged dataset is never downloaded; the others are
     assert set(spec.checksums) <= set(spec.files)
     for checksum in spec.checksums.values():
         assert checksum.of in ("download", "decompressed")
@@ -328,7 +329,7 @@ def test_registry_entries_are_consistent(name):
 
 
 def test_unknown_dataset_name_lists_the_known_ones(clean_env):
-    with pytest.raises(DataError, match="unknown dataset 'cifar'.*mnist, fashion-mnist, frey"):
+    with pytest.raises(DataError, match="unknown dataset 'cifar'.*mnist, fashion-mnist, fashion-mnist-small, frey"):
         data.load_dataset("cifar", log=quiet)
 
 
@@ -506,18 +507,32 @@ def test_default_prefers_mnist_when_it_is_there(tmp_path, clean_env):
     assert (dataset.name, len(dataset.train_x)) == ("mnist", 2)
 
 
-def test_default_with_nothing_anywhere_names_both(tmp_path, clean_env, monkeypatch, serve):
+def test_default_with_no_mnist_and_no_fashion_copy_trains_on_the_packaged_subset(tmp_path, clean_env,
+                                                                                   monkeypatch, serve):
     fashion_mirror = serve(tiny_gz_files())  # a working mirror: the fallback must not use it
     monkeypatch.setitem(data.DATASETS, "mnist", tiny_spec([closed_port_url()], name="mnist"))
     monkeypatch.setitem(data.DATASETS, "fashion-mnist", tiny_spec([fashion_mirror], name="fashion-mnist"))
     lines = []
+    dataset = data.resolve_default_dataset(log=lines.append,
+                                           system_dirs={"fashion-mnist": (str(tmp_path / "none"),)})
+    assert dataset.name == "fashion-mnist-small" and dataset.source == os.path.join(data.PACKAGED_ROOT,
+                                                                                    "fashion-mnist-small")
+    assert (len(dataset.train_x), len(dataset.test_x)) == (10000, 2000)
+    notices = [line for line in lines if "fashion-mnist-small" in line]
+    assert len(notices) == 1 and notices[0].startswith("MNIST is not on this machine and could not be downloaded")
+    assert not any(fashion_mirror in line for line in lines)
+
+
+def test_default_with_nothing_anywhere_names_all_three(tmp_path, clean_env, monkeypatch):
+    monkeypatch.setitem(data.DATASETS, "mnist", tiny_spec([closed_port_url()], name="mnist"))
+    monkeypatch.setattr(data, "PACKAGED_ROOT", str(tmp_path / "broken-install"))
     with pytest.raises(data.DatasetUnavailable) as raised:
-        data.resolve_default_dataset(log=lines.append,
-                                     system_dirs={"fashion-mnist": (str(tmp_path / "none"),)})
+        data.resolve_default_dataset(log=quiet, system_dirs={"fashion-mnist": (str(tmp_path / "none"),)})
     message = str(raised.value)
     assert "mnist is not on this machine" in message and "no copy of fashion-mnist" in message
+    assert "packaged fashion-mnist-small is missing" in message and "reinstall minivae" in message
     assert str(clean_env / "minivae" / "mnist") in message and str(tmp_path / "none") in message
-    assert not any(fashion_mirror in line for line in lines)
+    assert str(tmp_path / "broken-install" / "fashion-mnist-small") in message
 
 
 # --------------------------------------------------------------------------------------- Frey Face
