@@ -21,7 +21,7 @@ layer; col2im 2x). The layers take and return NCHW.
 
 import math
 
-from .layers import Layer, Parameter
+from .layers import Layer, Linear, Parameter, Sequential, activation
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -252,8 +252,6 @@ def conv_encoder(image_shape, channels, latent_dim, activation_kind, backend, na
     """Rows (B, H*W) -> [mu | logvar] (B, 2J): two stride-2 4x4 convolutions to ``channels``
     (c1, c2) with an activation after each, then a Linear head from the c2 x H/4 x W/4 features.
     Layers are numbered like PyTorch's nn.Sequential (``encoder.1`` is the first Conv2d)."""
-    from .layers import Linear, Sequential, activation
-
     height, width = check_image_shape(image_shape)
     c1, c2 = channels
     features = c2 * (height // 4) * (width // 4)
@@ -272,8 +270,6 @@ def conv_decoder(image_shape, channels, latent_dim, activation_kind, backend, na
     """z (N, J) -> one output per pixel (N, H*W): the encoder mirrored, a Linear to c2 x H/4 x W/4
     features and an activation, then two stride-2 4x4 transpose convolutions, c2 -> c1 (and an
     activation) -> 1 channel."""
-    from .layers import Linear, Sequential, activation
-
     height, width = check_image_shape(image_shape)
     c1, c2 = channels
     layers = [Linear(latent_dim, c2 * (height // 4) * (width // 4), backend, f"{name}.0"),
