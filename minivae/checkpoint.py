@@ -30,7 +30,7 @@ from .errors import BackendUnavailable, CheckpointError
 from .fileio import atomic_write
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
-from .model import CONFIG_RULES, VAE
+from .model import ARCHITECTURES, CONFIG_RULES, VAE
 
 FORMAT_VERSION = 1
 """Bump when the layout changes in a way an older reader cannot follow."""
@@ -58,6 +58,7 @@ SETTINGS_RULES = {
     "hidden": checks.list_of(checks.positive_int), "decoder_hidden": checks.optional(checks.list_of(checks.positive_int)),
     "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.optional(checks.one_of(LIKELIHOODS)),
     "variance": checks.positive_number, "seed": checks.nonnegative_int, "version": checks.text,
+    "architecture": checks.one_of(ARCHITECTURES),
 }
 """What each setting of a run (``config.json``, ``extra["settings"]`` of its checkpoint) must be."""
 

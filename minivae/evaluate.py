@@ -123,9 +123,10 @@ def samples_per_chunk(model, batch_size, memory_bytes):
     """How many samples of z per data point one chunk may hold so that a pass over ``batch_size``
     points fits in ``memory_bytes``: each of its chunk * batch_size rows holds about six arrays of D
     values (the tiled x, the decoder output and the likelihood's temporaries, the previous chunk's
-    kept by the layers' caches), two of H per decoder hidden layer and a few of J. At least 1."""
+    kept by the layers' caches), two of H per decoder hidden layer (or the conv decoder's feature maps
+    and column arrays, ``model.decoder_values_per_row``) and a few of J. At least 1."""
     config = model.config
-    row = 6 * config["input_dim"] + 2 * sum(config["decoder_hidden"]) + 4 * config["latent_dim"]
+    row = 6 * config["input_dim"] + 2 * model.decoder_values_per_row + 4 * config["latent_dim"]
     return max(1, int(memory_bytes // (batch_size * row * model.backend.dtype.itemsize)))
 
 

@@ -13,9 +13,12 @@ from collections import namedtuple
 
 from . import checks
 from .backend import numpy_backend
+from .conv import check_image_shape, conv_decoder, conv_decoder_values_per_row, conv_encoder
 from .gaussian import head_gradient, kl_divergence, reparameterize
 from .layers import ACTIVATIONS, ParameterBuffer, mlp
 from .likelihoods import LIKELIHOODS, make_likelihood
+
+ARCHITECTURES = ("mlp", "conv")
 
 CONFIG_RULES = {
     "input_dim": checks.positive_int, "hidden": checks.list_of(checks.positive_int, allow_empty=True),
@@ -23,6 +26,8 @@ CONFIG_RULES = {
     "decoder_hidden": checks.optional(checks.list_of(checks.positive_int, allow_empty=True)),
     "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.one_of(LIKELIHOODS),
     "variance": checks.positive_number, "n_samples": checks.positive_int,
+    "architecture": checks.one_of(ARCHITECTURES), "image_shape": checks.optional(checks.list_of(checks.positive_int)),
+    "channels": checks.list_of(checks.positive_int),
 }
 """What each argument of ``VAE`` (each field of ``VAE.config``) must be; checked by the constructor
 and, before a model is built from one, on a checkpoint's config (``checkpoint.load_checkpoint``)."""
@@ -33,7 +38,7 @@ the batch (0-d arrays of the backend; ``float()`` brings one to the host)."""
 
 
 class VAE:
-    """A VAE with MLP encoder and decoder.
+    """A VAE with MLP (or convolutional) encoder and decoder.
 
     Args:
         input_dim: D, the number of values per datapoint (784 for 28x28 images).
@@ -46,14 +51,21 @@ class VAE:
         variance: the fixed variance s2 of the Gaussian likelihood.
         n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
         backend: a Backend (default: NumPy, float32, seed 0).
+        architecture: "mlp" (the Linear layers above) or "conv" (minivae/conv.py: two stride-2 4x4
+            convolutions to ``channels`` and a Linear head; the decoder mirrors it with transpose
+            convolutions; ``hidden`` and ``decoder_hidden`` are not used).
+        image_shape: (H, W) of the images, H*W = input_dim, both multiples of 4 (conv only).
+        channels: (c1, c2), the channels of the two convolutions (conv only).
     """
 
     def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
-                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None):
+                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None, architecture="mlp",
+                 image_shape=None, channels=(32, 64)):
         self.backend = backend if backend is not None else numpy_backend()
         problem = checks.first_problem(
             {"input_dim": input_dim, "hidden": hidden, "latent_dim": latent_dim, "decoder_hidden": decoder_hidden,
-             "activation": activation, "likelihood": likelihood, "variance": variance, "n_samples": n_samples},
+             "activation": activation, "likelihood": likelihood, "variance": variance, "n_samples": n_samples,
+             "architecture": architecture, "channels": channels},
             CONFIG_RULES)
         if problem is not None:
             raise ValueError(f"VAE: {problem[1]}")
@@ -68,10 +80,31 @@ class VAE:
         self.n_samples = int(n_samples)
         self.likelihood = make_likelihood(likelihood, self.backend, variance)
         # The encoder's last Linear is the fused head: 2J outputs, [mu | logvar] (eq. (4)).
-        self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
-        self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
-        self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+        if architecture == "conv":
+            self._build_conv(image_shape, channels)
+        else:
+            self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
+            self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
+            self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+            self.decoder_values_per_row = sum(decoder_hidden)
         self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
+
+    def _build_conv(self, image_shape, channels):
+        """The conv encoder and decoder (minivae/conv.py, section 18 of docs/derivation.md) for images
+        of ``image_shape`` (H, W), H*W = input_dim, with ``channels`` (c1, c2); recorded in the config
+        (an MLP's config stays as it was, so its checkpoints load as before)."""
+        if image_shape is None:
+            raise ValueError("the conv architecture needs image_shape (H, W)")
+        height, width = check_image_shape(image_shape)
+        channels = tuple(int(c) for c in channels)
+        if height * width != self.config["input_dim"] or len(channels) != 2 or min(channels) < 1:
+            raise ValueError(f"image_shape {height}x{width} must hold input_dim={self.config['input_dim']} "
+                             f"values and channels two sizes >= 1, got {channels}")
+        self.config.update(architecture="conv", image_shape=[height, width], channels=list(channels),
+                           hidden=[], decoder_hidden=[])
+        args = ((height, width), channels, self.latent_dim, self.config["activation"], self.backend)
+        self.encoder, self.decoder = conv_encoder(*args), conv_decoder(*args)
+        self.decoder_values_per_row = conv_decoder_values_per_row(height, width, channels)
 
     def parameters(self):
         """Every trainable Parameter, encoder first, in a fixed order."""

@@ -22,13 +22,14 @@ from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .checkpoint import (BINARIZE_MODES, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, read_run_settings, restore,
                          save_checkpoint)
 from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int, run_command
+from .conv import check_image_shape
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import LOCK_NAME, atomic_write, folder_lock
 from .interrupts import check_interrupt
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
-from .model import VAE
+from .model import ARCHITECTURES, VAE
 from .optim import Adam
 
 METRICS_NAME = "metrics.csv"
@@ -42,7 +43,7 @@ RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype
 DEFAULTS = {
     "dataset": None, "binarize": "none", "backend": "numpy", "dtype": "float32", "epochs": 10,
     "batch_size": 128, "lr": 1e-3, "latent_dim": 20, "samples": 1, "hidden": [400], "decoder_hidden": None,
-    "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1,
+    "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1, "architecture": "mlp",
 }
 # Settings a resumed run may change; every other one must match the saved run.
 CHANGEABLE_ON_RESUME = ("epochs", "backend")
@@ -66,6 +67,9 @@ def build_parser():
     add("--samples", type=positive_int, help="L, z samples per datapoint (default: 1)")
     add("--hidden", type=positive_int, action="append", help="encoder hidden width; repeat for a deeper net (default: 400)")
     add("--decoder-hidden", type=positive_int, action="append", help="decoder hidden width (default: --hidden reversed)")
+    add("--architecture", choices=ARCHITECTURES,
+        help="mlp (Linear layers, --hidden) or conv (two stride-2 4x4 convolutions of 32 and 64 channels and a "
+             "Linear head; the decoder mirrors it; images whose sides are multiples of 4) (default: mlp)")
     add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
     add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
     add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
@@ -191,9 +195,10 @@ def _settings(args, saved):
     if saved is None:
         return {**DEFAULTS, **given, "data_dir": data_dir}
     for key, value in given.items():
-        if key not in CHANGEABLE_ON_RESUME and saved.get(key) != value:
+        started_with = saved.get(key, DEFAULTS[key])  # a setting added since the run began has its default
+        if key not in CHANGEABLE_ON_RESUME and started_with != value:
             flag = "--" + key.replace("_", "-")
-            raise MinivaeError(f"--resume {args.resume}: the run was started with {flag} {saved.get(key)}, "
+            raise MinivaeError(f"--resume {args.resume}: the run was started with {flag} {started_with}, "
                                f"not {value}; drop {flag} to continue it, or start a new run with another --out")
     settings = {key: saved.get(key, default) for key, default in DEFAULTS.items()}
     settings.update({key: given[key] for key in CHANGEABLE_ON_RESUME if key in given})
@@ -216,10 +221,24 @@ def _load_data(settings, args, log):
 
 
 def _build_model(settings, dataset, backend):
+    architecture = settings["architecture"]
+    if architecture == "conv":
+        _check_conv_settings(settings, dataset)
     return VAE(input_dim=dataset.train_x.shape[1], hidden=settings["hidden"], latent_dim=settings["latent_dim"],
                decoder_hidden=settings["decoder_hidden"], activation=settings["activation"],
                likelihood=settings["likelihood"], variance=settings["variance"], n_samples=settings["samples"],
-               backend=backend)
+               backend=backend, architecture=architecture, image_shape=dataset.image_shape)
+
+
+def _check_conv_settings(settings, dataset):
+    """Refuse, in one line, what --architecture conv cannot do: MLP widths, images of other sizes."""
+    if settings["hidden"] != DEFAULTS["hidden"] or settings["decoder_hidden"] is not None:
+        raise MinivaeError("--hidden and --decoder-hidden set the MLP's widths; --architecture conv has no hidden "
+                           "Linear layers: drop them, or use --architecture mlp")
+    try:
+        check_image_shape(dataset.image_shape)
+    except ValueError as error:
+        raise MinivaeError(f"{dataset.name} ({dataset.source}): {error}") from None
 
 
 def _resume_state(out, model, optimizer, dataset, log):

@@ -157,6 +157,9 @@ def test_training_lowers_the_loss(make_backend):
     ({"latent_dim": True}, "latent_dim=True must be an integer"),
     ({"likelihood": "gaussian", "variance": float("inf")}, "variance=inf must be a finite number > 0"),
     ({"likelihood": "poisson"}, "likelihood='poisson' must be one of bernoulli, gaussian"),
+    ({"architecture": "resnet"}, "architecture='resnet' must be one of mlp, conv"),
+    ({"architecture": "conv", "input_dim": 16, "image_shape": (4, 4), "channels": (2, 0)},
+     r"channels=\(2, 0\) holds 0: each item must be an integer >= 1"),
 ])
 def test_bad_model_settings_are_refused(make_backend, kwargs, message):
     with pytest.raises(ValueError, match=message):
