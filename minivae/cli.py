@@ -26,10 +26,16 @@ def positive_float(text):
     return value
 
 
+def variance_setting(text):
+    """The Gaussian likelihood's variance: a positive number (fixed), or "learned" (eq. (44)-(46))."""
+    return text if text == "learned" else positive_float(text)
+
+
 # argparse reports a type's ValueError as "invalid <name> value": give the names a reader expects
 positive_int.__name__ = "positive integer"
 nonnegative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
+variance_setting.__name__ = "variance (a positive number or 'learned')"
 
 
 class Parser(argparse.ArgumentParser):

@@ -40,7 +40,7 @@ import sys
 from collections import namedtuple
 
 from .backend import BACKEND_NAMES, DTYPES, Backend, get_backend
-from .cli import Parser, nonnegative_int, positive_float, positive_int
+from .cli import Parser, nonnegative_int, positive_float, positive_int, variance_setting
 from .errors import BackendUnavailable
 
 DEFAULT_STEP = 1e-3  # h; perturbations reach 2h, so keep ReLU inputs > 1e-2 away from 0
@@ -98,7 +98,8 @@ GradientRow.__doc__ = """One checked gradient: the array's name and shape, max |
 error of eq. (24) against finite differences, whether it is within the tolerance, and both gradients
 as host (NumPy) arrays."""
 
-LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "reparameterize", "kl", "bernoulli", "gaussian")
+LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "reparameterize", "kl", "bernoulli", "gaussian",
+               "continuous-bernoulli")
 
 
 def check_gradients(f, dout, gradients, backend, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
@@ -196,9 +197,10 @@ def _layer_inputs(kind, backend, sizes):
     if kind in ("reparameterize", "kl"):
         return {"mu": randn((B, J)), "logvar": 0.5 * randn((B, J)), "eps": randn((L, B, J)),
                 "dz": randn((L * B, J)), "dkl": randn((B,))}
-    if kind == "bernoulli":
+    if kind in ("bernoulli", "continuous-bernoulli"):
         return {"out": 2 * randn((B, D)), "x": backend.uniform((B, D)), "dnll": randn((B,))}
-    return {"out": randn((B, D)), "x": randn((B, D)), "dnll": randn((B,))}
+    width = 2 * D if sizes["s2"] == "learned" else D  # a learned variance: the output is [y | r]
+    return {"out": randn((B, width)), "x": randn((B, D)), "dnll": randn((B,))}
 
 
 def _layer_case(kind, backend, inputs, sizes):
@@ -241,7 +243,12 @@ def _layer_case(kind, backend, inputs, sizes):
     likelihood = make_likelihood(kind, backend, sizes["s2"])
     out, x, dnll = inputs["out"], inputs["x"], inputs["dnll"]  # dnll: a random upstream gradient per row
     _, dout_sum = likelihood.nll_and_grad(out, x)  # the gradient of the sum of the rows' NLL
-    name, equations = ("logits", "eq. (8), (10)") if kind == "bernoulli" else ("y", f"eq. (9), (11), s2={sizes['s2']:g}")
+    if kind != "gaussian":
+        name, equations = "logits", {"bernoulli": "eq. (8), (10)", "continuous-bernoulli": "eq. (40), (42)"}[kind]
+    elif sizes["s2"] == "learned":
+        name, equations = "[y | r]", "eq. (44)-(46), learned variance"
+    else:
+        name, equations = "y", f"eq. (9), (11), s2={sizes['s2']:g}"
     return (f"{type(likelihood).__name__} NLL of ({B}, {D}) ({equations})", lambda: likelihood.nll(out, x), dnll,
             [(name, out)], [dout_sum * dnll[:, None]])
 
@@ -314,8 +321,8 @@ def build_parser():
     model.add_argument("--samples", type=positive_int, default=1, help="L, samples of z per data point (default 1)")
     model.add_argument("--batch-size", type=positive_int, default=4, help="B, data points in the batch (default 4)")
     model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default bernoulli)")
-    model.add_argument("--variance", type=positive_float, default=1.0,
-                       help="s2 of the Gaussian likelihood (default 1.0)")
+    model.add_argument("--variance", type=variance_setting, default=1.0,
+                       help="s2 of the Gaussian likelihood, or 'learned' (default 1.0)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
     check = parser.add_argument_group("check")
     check.add_argument("--layer", choices=LAYER_KINDS,

@@ -14,7 +14,7 @@ from collections import namedtuple
 from .backend import numpy_backend
 from .gaussian import head_gradient, kl_divergence, reparameterize
 from .layers import ParameterBuffer, mlp
-from .likelihoods import make_likelihood
+from .likelihoods import LEARNED, make_likelihood
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
 LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and their sum, each summed over
@@ -30,9 +30,11 @@ class VAE:
         latent_dim: J, the size of z.
         decoder_hidden: the decoder's hidden widths; defaults to ``hidden`` reversed.
         activation: "relu", "tanh" or "sigmoid" between the Linear layers.
-        likelihood: "bernoulli" (decoder outputs logits, x in [0, 1]) or "gaussian" (decoder outputs
-            the mean of N(x; y, variance)).
-        variance: the fixed variance s2 of the Gaussian likelihood.
+        likelihood: "bernoulli" (decoder outputs logits, x in [0, 1]), "continuous-bernoulli" (logits
+            of a normalised density on [0, 1], eq. (40)) or "gaussian" (decoder outputs the mean of
+            N(x; y, variance)).
+        variance: the fixed variance s2 of the Gaussian likelihood, or "learned": the decoder then
+            outputs a mean and a log-variance per value (eq. (44)-(46)).
         n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
         backend: a Backend (default: NumPy, float32, seed 0).
     """
@@ -50,14 +52,15 @@ class VAE:
         self.config = {
             "input_dim": int(input_dim), "hidden": list(hidden), "latent_dim": int(latent_dim),
             "decoder_hidden": list(decoder_hidden), "activation": activation, "likelihood": likelihood,
-            "variance": float(variance), "n_samples": int(n_samples),
+            "variance": variance if variance == LEARNED else float(variance), "n_samples": int(n_samples),
         }
         self.latent_dim = int(latent_dim)
         self.n_samples = int(n_samples)
         self.likelihood = make_likelihood(likelihood, self.backend, variance)
         # The encoder's last Linear is the fused head: 2J outputs, [mu | logvar] (eq. (4)).
         self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
-        self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
+        decoder_out = input_dim * self.likelihood.outputs_per_value  # [y | logvar] when the variance is learned
+        self.decoder = mlp((latent_dim,) + decoder_hidden + (decoder_out,), activation, self.backend, "decoder")
         self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
         self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int
+from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int, variance_setting
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
@@ -66,7 +66,9 @@ def build_parser():
     add("--decoder-hidden", type=positive_int, action="append", help="decoder hidden width (default: --hidden reversed)")
     add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
     add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
-    add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
+    add("--variance", type=variance_setting,
+        help="variance of the gaussian likelihood: a fixed number, or 'learned', a variance per value output by "
+             "the decoder (default: 1.0)")
     add("--binarize", choices=("none", "static", "dynamic"),
         help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
     add("--seed", type=nonnegative_int, help="random seed (default: 1)")
