@@ -33,6 +33,7 @@ from .data import DATASETS, binarize_dataset, load_dataset
 from .errors import CheckpointError, DataError, MinivaeError, NumericalError
 from .fileio import atomic_write
 from .gaussian import gaussian_log_density, reparameterize
+from .objectives import logsumexp  # eq. (23): the one stable reduction, shared with the IWAE objective
 
 PROGRAM = "minivae-evaluate"
 RESULTS_NAME = "evaluation.json"
@@ -46,18 +47,6 @@ GPU_MEMORY_MB = 1024
 
 # --------------------------------------------------------------------------------------------------
 # The math: backend arrays in, backend arrays out
-
-
-def logsumexp(xp, a):
-    """Eq. (23) over the first axis: ``logsumexp(a) = max(a) + log sum_k exp(a_k - max(a))``.
-
-    a: (K, B) -> (B,). Every exponent is <= 0, so nothing overflows, and the largest term
-    contributes exp(0) = 1, so the log is finite. A column whose max is not finite (all -inf: every
-    weight is 0) is shifted by 0 instead, giving -inf rather than NaN.
-    """
-    shift = a.max(axis=0)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    return shift + xp.log(xp.exp(a - shift).sum(axis=0))
 
 
 def log_importance_weights(model, x, mu, logvar, eps):

@@ -128,9 +128,10 @@ def float64_twin(backend):
     return Backend(backend.name, backend.xp, backend.special, dtype="float64", seed=backend.seed)
 
 
-def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
+def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE, kl_weight=1.0):
     """Every parameter gradient of the batch loss of eq. (3), as ``model.loss_and_backward(x, eps)``
-    computes it by hand, against central differences of the forward-only ``model.elbo_terms(x, eps)``.
+    computes it by hand, against central differences of the forward-only ``model.objective_terms(x, eps)``
+    (the model's objective: the ELBO with KL weight ``kl_weight``, eq. (47), or the IWAE bound, eq. (48)).
 
     eps is held fixed, so the loss is a deterministic function of the parameters. The loss is one
     number, so its upstream gradient is the scalar 1 (there is nothing for it to rearrange). The
@@ -139,7 +140,7 @@ def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
     ``parameter.grad`` set as ``loss_and_backward`` left it. Returns one GradientRow per parameter,
     in ``model.parameters()`` order.
     """
-    model.loss_and_backward(x, eps)
+    model.loss_and_backward(x, eps, kl_weight)
     analytic = [p.grad.copy() for p in model.parameters()]
     reference = model
     if model.backend.dtype.name != "float64":
@@ -149,8 +150,7 @@ def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
         x, eps = x.astype("float64"), eps.astype("float64")
 
     def loss():
-        reconstruction, kl = reference.elbo_terms(x, eps)
-        return (reconstruction + kl).sum()
+        return reference.objective_terms(x, eps, kl_weight).total
 
     gradients = [(p.name, p.data, a) for p, a in zip(reference.parameters(), analytic)]
     return check_gradients(loss, 1.0, gradients, model.backend, h, tolerance)
@@ -307,6 +307,7 @@ PROGRAM = "minivae-gradcheck"
 def build_parser():
     from .layers import ACTIVATIONS
     from .likelihoods import LIKELIHOODS
+    from .objectives import OBJECTIVES
 
     parser = Parser(
         prog=PROGRAM,
@@ -324,6 +325,10 @@ def build_parser():
     model.add_argument("--variance", type=variance_setting, default=1.0,
                        help="s2 of the Gaussian likelihood, or 'learned' (default 1.0)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
+    model.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                       help="elbo (eq. (3)) or iwae (eq. (48), K = --samples) (default elbo)")
+    model.add_argument("--beta", type=positive_float, default=1.0,
+                       help="the KL weight of the ELBO objective, eq. (47) (default 1)")
     check = parser.add_argument_group("check")
     check.add_argument("--layer", choices=LAYER_KINDS,
                        help="check this one piece alone (its input and parameter gradients) instead of the VAE, at the "
@@ -373,7 +378,7 @@ def _run(args):
         from .model import VAE
 
         model = VAE(args.input_dim, hidden, args.latent_dim, activation=args.activation, likelihood=args.likelihood,
-                    variance=args.variance, n_samples=args.samples, backend=backend)
+                    variance=args.variance, n_samples=args.samples, objective=args.objective, backend=backend)
         x = backend.uniform((args.batch_size, args.input_dim))
         eps = model.draw_eps(args.batch_size)  # drawn once: held fixed for every difference
         if args.activation == "relu":
@@ -381,9 +386,11 @@ def _run(args):
         # without --step: a step that cannot carry a ReLU input across its kink (moves reach ~2h)
         step = args.step or min(DEFAULT_STEP, max(margin / 10, 1e-6))
         sizes = "-".join(str(n) for n in [args.input_dim, *hidden, args.latent_dim, *reversed(hidden), args.input_dim])
+        loss = "loss of eq. (3)" if args.objective == "elbo" else "IWAE loss of eq. (48)"
+        loss += f" with beta={args.beta:g} (eq. (47))" if args.beta != 1 else ""
         print(f"{PROGRAM}: VAE {sizes}, {args.likelihood} likelihood, {args.activation}, L={args.samples}, "
-              f"batch {args.batch_size}; loss of eq. (3) with eps held fixed; {_settings(args, backend, step, tolerance)}")
-        rows = check_model(model, x, eps, step, tolerance)
+              f"batch {args.batch_size}; {loss} with eps held fixed; {_settings(args, backend, step, tolerance)}")
+        rows = check_model(model, x, eps, step, tolerance, args.beta)
     if float32:
         print("note: float32 analytic gradients against float64 finite differences of the same weights (float32 "
               f"differences are only ~1e-2 accurate); expect errors ~1e-7, tolerance {tolerance:g}")

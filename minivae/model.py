@@ -12,9 +12,11 @@
 from collections import namedtuple
 
 from .backend import numpy_backend
-from .gaussian import head_gradient, kl_divergence, reparameterize
+from . import objectives
+from .gaussian import as_samples, head_gradient, kl_divergence, reparameterize, reparameterize_backward
 from .layers import ParameterBuffer, mlp
 from .likelihoods import LEARNED, make_likelihood
+from .objectives import OBJECTIVES
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
 LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and their sum, each summed over
@@ -35,12 +37,15 @@ class VAE:
             N(x; y, variance)).
         variance: the fixed variance s2 of the Gaussian likelihood, or "learned": the decoder then
             outputs a mean and a log-variance per value (eq. (44)-(46)).
-        n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
+        n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)), or
+            K, the number of importance samples of the IWAE objective.
+        objective: "elbo" (eq. (3), with an optional KL weight, eq. (47)) or "iwae" (the
+            importance-weighted bound of eq. (48) with K = n_samples).
         backend: a Backend (default: NumPy, float32, seed 0).
     """
 
     def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
-                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None):
+                 likelihood="bernoulli", variance=1.0, n_samples=1, objective="elbo", backend=None):
         self.backend = backend if backend is not None else numpy_backend()
         hidden = tuple(int(h) for h in hidden)
         decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)
@@ -49,11 +54,16 @@ class VAE:
                 raise ValueError(f"{what} must be >= 1, got {value}")
         if any(h < 1 for h in hidden + decoder_hidden):
             raise ValueError(f"hidden sizes must be >= 1, got {hidden} and {decoder_hidden}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}: choose one of {OBJECTIVES}")
         self.config = {
             "input_dim": int(input_dim), "hidden": list(hidden), "latent_dim": int(latent_dim),
             "decoder_hidden": list(decoder_hidden), "activation": activation, "likelihood": likelihood,
             "variance": variance if variance == LEARNED else float(variance), "n_samples": int(n_samples),
         }
+        if objective != "elbo":  # absent means elbo, as in the configs written before there was a choice
+            self.config["objective"] = objective
+        self.objective = objective
         self.latent_dim = int(latent_dim)
         self.n_samples = int(n_samples)
         self.likelihood = make_likelihood(likelihood, self.backend, variance)
@@ -111,12 +121,16 @@ class VAE:
         reconstruction = nll.reshape(n_samples, -1).mean(axis=0)
         return reconstruction, kl_divergence(xp, mu, logvar, kernels)
 
-    def loss_and_backward(self, x, eps=None):
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
         """One forward and hand-written backward pass over a batch: the loss of eq. (3) and its
-        gradient by eq. (10)-(18), in the order of section 13 of docs/derivation.md.
+        gradient by eq. (10)-(18), in the order of section 13 of docs/derivation.md; with
+        ``objective="iwae"`` the loss of eq. (48) and its gradient by eq. (50), (51).
 
-        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed).
-        Returns LossTerms summed over the batch, and overwrites every parameter's ``grad`` with
+        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed);
+        kl_weight: beta of eq. (47), the weight of the KL in the ELBO objective (1: eq. (3)).
+        Returns LossTerms summed over the batch: the reconstruction NLL (averaged over the samples),
+        the closed-form KL (eq. (7)), and ``total``, the objective optimised (the negative ELBO only when
+        the objective is the ELBO and kl_weight is 1). Overwrites every parameter's ``grad`` with
         d(total)/d(parameter).
         """
         xp, kernels = self.backend.xp, self.backend.kernels
@@ -128,14 +142,50 @@ class VAE:
         out = self.decoder.forward(z)                                  # eq. (6)
         nll, dout = self.likelihood.nll_and_grad(out, self._repeat(x, n_samples))  # eq. (8)-(11)
         kl = kl_divergence(xp, mu, logvar, kernels)                    # eq. (7)
+        terms, log_weights = self._terms(nll, kl, z, eps, mu, logvar, kl_weight)
+        if log_weights is not None:
+            self._iwae_backward(dout, z, eps, logvar, log_weights)
+            return terms
         if n_samples > 1:
             dout *= 1.0 / n_samples                                    # the 1/L of eq. (3)
         dz = self.decoder.backward(dout)                               # eq. (12)-(15)
-        dhead = head_gradient(xp, dz, mu, logvar, eps, kernels)       # eq. (16)-(18)
+        dhead = head_gradient(xp, dz, mu, logvar, eps, kernels, kl_weight)  # eq. (16)-(18), (47)
         self.encoder.backward(dhead)
-        reconstruction = nll.sum() / n_samples
-        kl_sum = kl.sum()
-        return LossTerms(reconstruction, kl_sum, reconstruction + kl_sum)
+        return terms
+
+    def objective_terms(self, x, eps, kl_weight=1.0):
+        """Forward only: the LossTerms ``loss_and_backward(x, eps, kl_weight)`` returns, without
+        touching any gradient (what finite differences of the objective call)."""
+        xp, kernels = self.backend.xp, self.backend.kernels
+        mu, logvar = self.encode(x)
+        z = reparameterize(xp, mu, logvar, eps, kernels)
+        nll = self.likelihood.nll(self.decoder.forward(z), self._repeat(x, z.shape[0] // x.shape[0]))
+        return self._terms(nll, kl_divergence(xp, mu, logvar, kernels), z, eps, mu, logvar, kl_weight)[0]
+
+    def _terms(self, nll, kl, z, eps, mu, logvar, kl_weight):
+        """The summed LossTerms of a batch from its per-sample NLL (L*B,) and KL (B,), and the IWAE
+        log-weights of eq. (48) (K, B) (None for the ELBO)."""
+        xp = self.backend.xp
+        n_samples = nll.shape[0] // kl.shape[0]
+        reconstruction, kl_sum = nll.sum() / n_samples, kl.sum()
+        if self.objective == "elbo":
+            total = reconstruction + kl_sum if kl_weight == 1.0 else reconstruction + kl_weight * kl_sum
+            return LossTerms(reconstruction, kl_sum, total), None
+        eps = as_samples(eps, mu)
+        log_weights = objectives.iwae_log_weights(xp, nll.reshape(n_samples, -1), z.reshape(eps.shape), eps, logvar)
+        return LossTerms(reconstruction, kl_sum, objectives.iwae_loss(xp, log_weights).sum()), log_weights
+
+    def _iwae_backward(self, dout, z, eps, logvar, log_weights):
+        """Eq. (50), (51): each sample's likelihood gradient ``dout`` (K*B, D) times its normalised weight,
+        back through the decoder; plus w~ z through log p(z); into mu and logvar through z (eq. (16));
+        plus -0.5 into logvar directly through log q(z|x) (eq. (49))."""
+        xp = self.backend.xp
+        eps = as_samples(eps, logvar)
+        dnll, dz_prior = objectives.iwae_backward(xp, log_weights, z.reshape(eps.shape))
+        dout *= dnll.reshape(-1, 1)
+        dz = self.decoder.backward(dout) + dz_prior.reshape(z.shape)
+        dmu, dlogvar = reparameterize_backward(xp, dz, logvar, eps)
+        self.encoder.backward(xp.concatenate([dmu, dlogvar + objectives.IWAE_DLOGVAR], axis=1))
 
     def _repeat(self, x, n_samples):
         """x stacked n_samples times along the rows, to line up with z's sample-major rows."""
