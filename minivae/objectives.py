@@ -63,9 +63,11 @@ def iwae_loss(xp, log_weights):
 
 
 def normalized_weights(xp, log_weights):
-    """Eq. (50): ``w~_k = w_k / sum_k' w_k' = exp(log w_k - logsumexp(log w))``; each column sums to 1.
-    log_weights: (K, B) -> (K, B)."""
-    return xp.exp(log_weights - logsumexp(xp, log_weights))
+    """Eq. (50): ``w~_k = w_k / sum_k' w_k'``, computed with the shift of eq. (23) as
+    ``exp(log w_k - max) / sum_k' exp(log w_k' - max)`` (no overflow, and each column sums to 1 to
+    rounding even where log w is -1e4). log_weights: (K, B) -> (K, B)."""
+    scaled = xp.exp(log_weights - log_weights.max(axis=0))
+    return scaled / scaled.sum(axis=0)
 
 
 def iwae_backward(xp, log_weights, z):
