@@ -44,7 +44,7 @@ CONFIG_NAME = "config.json"
 
 _FLAGS = {"input_dim": None, "hidden": "--hidden", "latent_dim": "--latent-dim",
           "decoder_hidden": "--decoder-hidden", "activation": "--activation", "likelihood": "--likelihood",
-          "variance": "--variance", "n_samples": "--samples"}
+          "variance": "--variance", "n_samples": "--samples", "objective": "--objective"}
 """The command-line flag of ``python -m minivae.train`` that sets each config field."""
 
 

@@ -26,6 +26,13 @@ def positive_float(text):
     return value
 
 
+def nonnegative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def variance_setting(text):
     """The Gaussian likelihood's variance: a positive number (fixed), or "learned" (eq. (44)-(46))."""
     return text if text == "learned" else positive_float(text)
@@ -35,6 +42,7 @@ def variance_setting(text):
 positive_int.__name__ = "positive integer"
 nonnegative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
+nonnegative_float.__name__ = "non-negative number"
 variance_setting.__name__ = "variance (a positive number or 'learned')"
 
 

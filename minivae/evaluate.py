@@ -9,8 +9,8 @@ For every test point it computes
   in the IWAE paper), its log-weights from eq. (21), (8)/(9), reduced by the stable logsumexp of
   eq. (23) in chunks of samples that fit in memory,
 
-and reports their means over the test set with standard errors, in nats, as a table on stdout and
-as JSON (``evaluation.json`` beside the checkpoint, written atomically).
+and reports their means over the test set with standard errors, in nats, with the active units and
+the KL per latent dimension (eq. (52)), as a table on stdout and as JSON (``evaluation.json`` beside the checkpoint, written atomically).
 
 The math is in the small functions at the top (``logsumexp``, ``log_importance_weights``,
 ``importance_weighted_log_likelihood``, ``elbo``); they compute with the model backend's ``xp`` only,
@@ -104,6 +104,24 @@ def elbo(model, x, noise=None):
         (model.n_samples, x.shape[0], model.latent_dim))
     reconstruction, kl = model.elbo_terms(x, eps)
     return -(reconstruction + kl).astype(model.backend.xp.float64)
+
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_u]) exceeds it (eq. (52))
+
+
+def latent_statistics(model, test_x, batch_size):
+    """Eq. (52) over the rows of the host array ``test_x`` (N, D): the variance over the test set of each
+    posterior mean mu_u (``Var_x E_q[z_u]``) and the KL of eq. (7) per latent dimension averaged over
+    the test set (the dimensions' KLs add up to the mean KL). Returns (variance (J,), kl (J,)) as
+    float64 NumPy arrays; no noise is drawn."""
+    backend = model.backend
+    means, kls = [], []
+    for start in range(0, len(test_x), batch_size):
+        mu, logvar = model.encode(backend.to_device(test_x[start:start + batch_size]))
+        means.append(backend.to_numpy(mu).astype(np.float64))
+        kls.append(backend.to_numpy(-0.5 * (1 + logvar - mu * mu - backend.xp.exp(logvar))).astype(np.float64))
+    means = np.concatenate(means)
+    return means.var(axis=0), np.concatenate(kls).mean(axis=0)
 
 
 def samples_per_chunk(model, batch_size, memory_bytes):
@@ -223,6 +241,7 @@ def run(args):
         raise NumericalError(f"{path}: the ELBO or the log-likelihood of some test point is not finite "
                              f"(in {backend.dtype.name}); try --dtype float64")
     results = _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds)
+    results.update(_latent_results(model, test_x, args.batch_size))
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), RESULTS_NAME)
     with atomic_write(output, "w") as handle:
         json.dump(results, handle, indent=2)
@@ -319,6 +338,14 @@ def _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelih
     }
 
 
+def _latent_results(model, test_x, batch_size):
+    """The active units and the KL per latent dimension of eq. (52), for the JSON document."""
+    variance, kl = latent_statistics(model, test_x, batch_size)
+    return {"active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()), "latent_dim": int(len(variance)),
+            "active_unit_threshold": ACTIVE_UNIT_THRESHOLD, "posterior_mean_variance": variance.tolist(),
+            "kl_per_dimension": kl.tolist()}
+
+
 def format_table(results):
     """The results as a small table (nats per test point): ELBO and log p(x), their negatives (which
     compare with the training loss), and how far the estimate of log p(x) lies above the ELBO."""
@@ -332,6 +359,11 @@ def format_table(results):
              f"{results['dtype']}, {results['seconds']:.1f} s",
              f"{'nats per test point':<24}{'mean':>12}{'std. error':>12}"]
     lines += [f"{name:<24}{value['mean']:>12.3f}{value['standard_error']:>12.3f}" for name, value in rows]
+    if "active_units" in results:
+        kl = " ".join(f"{value:.2f}" for value in results["kl_per_dimension"])
+        lines.append(f"active units (Var_x E_q[z_u] > {results['active_unit_threshold']:g}): "
+                     f"{results['active_units']} of {results['latent_dim']}")
+        lines.append(f"KL per latent dimension (nats): {kl}")
     lines.append(f"wrote {results['output']}")
     return "\n".join(lines)
 
