@@ -14,10 +14,20 @@ Run it from the repository root:
 
     python examples/trace_gradients.py
 
+The flags of sections 19-22 trace the same network with another likelihood or objective: the forward
+values, the likelihood's gradient, the objective's own quantities (the IWAE's log-weights and
+normalised weights, the KL weight) and every parameter gradient beside its finite difference:
+
+    python examples/trace_gradients.py --likelihood continuous-bernoulli
+    python examples/trace_gradients.py --likelihood gaussian --variance learned
+    python examples/trace_gradients.py --objective iwae --samples 3
+    python examples/trace_gradients.py --beta 0.5
+
 Every number is printed with 6 significant digits, so any line can be recomputed by hand (or in a
 Python prompt) from the lines above it to about 5 digits.
 """
 
+import argparse
 import pathlib
 import sys
 
@@ -30,7 +40,10 @@ except ImportError:  # run from a source checkout without installing: use the ch
 
 from minivae.backend import numpy_backend
 from minivae.gaussian import kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
+from minivae import objectives
+from minivae.cli import nonnegative_float, positive_int, variance_setting
 from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, summarize
+from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
 
 SEED = 21  # weights where 2 of the 3 ReLU units are on in each hidden layer, none near the kink at 0
@@ -64,7 +77,83 @@ def show_gradient(label, equation, analytic, row):
     print(f"    rel. error {row.error:.2e}  {'ok' if row.ok else 'FAIL'}")
 
 
-def main():
+def build_parser():
+    parser = argparse.ArgumentParser(description="Trace every number of one forward and backward pass of a "
+                                                 "4-3-2-3-4 VAE (the defaults: Bernoulli likelihood, ELBO).")
+    parser.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default: bernoulli)")
+    parser.add_argument("--variance", type=variance_setting, default=1.0,
+                        help="the gaussian likelihood's variance, or 'learned' (default: 1.0)")
+    parser.add_argument("--objective", choices=objectives.OBJECTIVES, default="elbo", help="(default: elbo)")
+    parser.add_argument("--samples", type=positive_int, default=1, help="L (elbo) or K (iwae) (default: 1)")
+    parser.add_argument("--beta", type=nonnegative_float, default=1.0, help="the KL weight, eq. (47) (default: 1)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if (args.likelihood, args.variance, args.objective, args.samples, args.beta) != ("bernoulli", 1.0, "elbo", 1, 1.0):
+        return trace_variant(args)
+    return trace_classic()
+
+
+def trace_variant(args):
+    """The forward values, the likelihood's and the objective's own gradients, and every parameter
+    gradient beside its finite difference, for the likelihood and objective of the flags."""
+    backend = numpy_backend("float64", seed=SEED)
+    xp = backend.xp
+    model = VAE(4, (3,), 2, activation="relu", likelihood=args.likelihood, variance=args.variance,
+                n_samples=args.samples, objective=args.objective, backend=backend)
+    x = X * 0.8 + 0.1 if args.likelihood != "bernoulli" else X  # grey levels for the densities on [0, 1]
+    eps = EPS[None] if args.samples == 1 else backend.standard_normal((args.samples, 1, 2))
+    print(f"A 4-3-2-3-4 VAE on one data point, float64, eps held fixed: {args.likelihood} likelihood"
+          f"{' (learned variance)' if args.variance == 'learned' else ''}, objective {args.objective}, "
+          f"{'K' if args.objective == 'iwae' else 'L'} = {args.samples}, beta = {args.beta:g}.")
+    print("\n== Forward ==")
+    show("x  (the data point)", "", x)
+    mu, logvar = model.encode(x)
+    show("mu, logvar = encoder(x)", "eq. (4)", xp.concatenate([mu, logvar], axis=1))
+    show("eps  (fixed noise, one row per sample)", "eq. (5)", eps.reshape(-1, 2))
+    z = reparameterize(xp, mu, logvar, eps)
+    show("z = mu + eps * exp(0.5 * logvar)", "eq. (5)", z)
+    out = model.decoder.forward(z)
+    equations = {"bernoulli": ("eq. (8), (10)", "eq. (10)"), "continuous-bernoulli": ("eq. (40)", "eq. (43)"),
+                 "gaussian": ("eq. (44), (45)", "eq. (45)") if args.variance == "learned" else ("eq. (9)", "eq. (9)")}
+    nll_equation, mean_equation = equations[args.likelihood]
+    show("decoder output (logits, or [y | r])", "eq. (6)", out)
+    show("mean of p(x|z)", mean_equation, model.likelihood.mean(out))
+    nll, dout = model.likelihood.nll_and_grad(out, xp.tile(x, (args.samples, 1)))
+    show("NLL per sample", nll_equation, nll)
+    show("dNLL/d(decoder output)", {"bernoulli": "eq. (10)", "continuous-bernoulli": "eq. (42)"}.get(
+        args.likelihood, "eq. (46)" if args.variance == "learned" else "eq. (11)"), dout)
+    kl = kl_divergence(xp, mu, logvar)
+    show("KL (closed form)", "eq. (7)", kl)
+    if args.objective == "iwae":
+        z_samples, eps_samples = z.reshape(eps.shape), eps.reshape(args.samples, 1, 2)
+        log_weights = objectives.iwae_log_weights(xp, nll.reshape(args.samples, 1), z_samples, eps_samples, logvar)
+        show("log q(z|x) = -0.5 sum(log 2pi + logvar + eps^2)", "eq. (49)",
+             -0.5 * (objectives.LOG_2PI + logvar + eps_samples ** 2).sum(axis=-1))
+        show("log w = -NLL + log p(z) - log q(z|x)", "eq. (48)", log_weights)
+        show("normalised weights w~ (constants of the backward)", "eq. (50)",
+             objectives.normalized_weights(xp, log_weights))
+        loss = objectives.iwae_loss(xp, log_weights).sum()
+        show("loss = -log mean_k w_k", "eq. (48)", loss)
+    else:
+        loss = nll.sum() / args.samples + args.beta * kl.sum()
+        show(f"loss = mean NLL + beta KL, beta = {args.beta:g}", "eq. (47)", loss)
+    terms = model.loss_and_backward(x, eps, args.beta)
+    rows = check_model(model, x, eps, kl_weight=args.beta)
+    print("\n== Parameter gradients of VAE.loss_and_backward, beside finite differences ==")
+    equation = "eq. (51)" if args.objective == "iwae" else "eq. (12)"
+    for row, p in zip(rows, model.parameters()):
+        show_gradient(f"d{p.name}", equation, p.grad, row)
+    print("\n== Checks ==")
+    same = abs(float(loss) - float(terms.total)) <= 1e-12 * max(1.0, abs(float(loss)))
+    print("step-by-step loss == VAE.loss_and_backward's:", "agree" if same else f"DIFFERENT ({float(terms.total)})")
+    print(summarize(rows, DEFAULT_TOLERANCE))
+    return 0 if same and all(row.ok for row in rows) else 1
+
+
+def trace_classic():
     backend = numpy_backend("float64", seed=SEED)
     xp = backend.xp
     model = VAE(4, (3,), 2, activation="relu", likelihood="bernoulli", backend=backend)

@@ -307,8 +307,8 @@ class Trainer:
                     f"{'NaN' if math.isnan(record[key]) else 'infinite'}; no checkpoint was written for this "
                     f"epoch, and {os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. "
                     f"{RETRY_HINT}")
-        objective = "" if record["train_objective"] == record["train_loss"] else \
-            f" (objective {record['train_objective']:.2f})"
+        weighted = self.settings.get("objective") == "iwae" or self._kl_weight(epoch, 0.0) != 1.0
+        objective = f" (objective {record['train_objective']:.2f})" if weighted else ""
         self.log(f"epoch {epoch}/{self.settings['epochs']}  train loss {record['train_loss']:.2f}{objective}  "
                  f"test loss {record['test_loss']:.2f} (z = mu: {record['test_loss_mean']:.2f})  "
                  f"{seconds:.1f} s  {record['samples_per_second']:.0f} samples/s")

@@ -3,6 +3,11 @@ columns), --likelihood continuous-bernoulli and --variance learned through train
 and evaluate (which reports the active units and the KL per latent dimension, eq. (52))."""
 
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,3 +88,44 @@ def test_latent_statistics_are_eq_52(data_dir, tmp_path):
     np.testing.assert_allclose(kl, (-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar))).mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(kl.sum(), (-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar))).sum(axis=1).mean())
     assert ACTIVE_UNIT_THRESHOLD == 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# The examples: trace_gradients.py's new flags, iwae_vs_vae.py in its quick mode
+# ------------------------------------------------------------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run_example(*args, timeout=60, cwd=ROOT):
+    env = dict(os.environ, MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flags, label, equation", [
+    (["--likelihood", "continuous-bernoulli"], "mean of p(x|z)", "eq. (43)"),
+    (["--likelihood", "gaussian", "--variance", "learned"], "NLL per sample", "eq. (44), (45)"),
+    (["--objective", "iwae", "--samples", "3"], "normalised weights w~", "eq. (50)"),
+    (["--beta", "0.5"], "loss = mean NLL + beta KL, beta = 0.5", "eq. (47)"),
+])
+def test_trace_example_takes_the_new_flags(flags, label, equation):
+    result = _run_example(str(ROOT / "examples" / "trace_gradients.py"), *flags)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    errors = [float(e) for e in re.findall(r"rel\. error (\S+)\s+ok$", out, re.MULTILINE)]
+    assert len(errors) == 8 and max(errors) <= 1e-6
+    assert "FAIL" not in out and "DIFFERENT" not in out and "loss == VAE.loss_and_backward's: agree" in out
+    assert re.search(rf"^{re.escape(label)} .*{re.escape(equation)}", out, re.MULTILINE), label
+
+
+@pytest.mark.slow
+def test_the_iwae_example_runs_to_completion(tmp_path):
+    result = _run_example(str(ROOT / "examples" / "iwae_vs_vae.py"), "--quick", "--out", str(tmp_path / "out"),
+                          timeout=180, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "out" / "iwae_vs_vae.json").read_text())
+    for objective in ("elbo", "iwae"):
+        (elbo, _), (log_likelihood, _) = results[objective]["elbo"], results[objective]["log_likelihood"]
+        assert elbo < log_likelihood < 0  # the IW estimate lies above the ELBO
+    assert "| VAE | 5 |" in result.stdout and "| IWAE | 5 |" in result.stdout
