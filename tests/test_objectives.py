@@ -46,10 +46,11 @@ def test_iwae_gradient_for_every_parameter(make_backend, likelihood, variance, n
     assert _worst_error(model, x, eps) <= DEFAULT_TOLERANCE
 
 
-@given(n=st.integers(1, 4), d=st.integers(1, 6), k=st.integers(1, 3), beta=st.floats(0.0, 4.0),
-       seed=st.integers(0, 2**31 - 1))
-def test_kl_weighted_elbo_gradient_for_every_parameter(make_backend, n, d, k, beta, seed):
-    model, x, eps, margin = _model_and_batch(make_backend("float64", seed), "bernoulli", 1.0, n, d, 5, 2, k, "elbo")
+@given(n=st.integers(1, 4), d=st.integers(1, 6), k=st.integers(1, 3), likelihood=st.sampled_from(LIKELIHOODS),
+       beta=st.one_of(st.just(1.0), st.floats(0.0, 4.0)), seed=st.integers(0, 2**31 - 1))
+def test_kl_weighted_elbo_gradient_for_every_parameter(make_backend, n, d, k, likelihood, beta, seed):
+    """The ELBO objective (beta = 1: eq. (3)) with every likelihood, new ones included, end to end."""
+    model, x, eps, margin = _model_and_batch(make_backend("float64", seed), *likelihood, n, d, 5, 2, k, "elbo")
     assume(margin > KINK_MARGIN)
     assert _worst_error(model, x, eps, beta) <= DEFAULT_TOLERANCE
     terms = model.objective_terms(x, eps, beta)
