@@ -246,7 +246,7 @@ def _layer_case(kind, backend, inputs, sizes):
     if kind != "gaussian":
         name, equations = "logits", {"bernoulli": "eq. (8), (10)", "continuous-bernoulli": "eq. (40), (42)"}[kind]
     elif sizes["s2"] == "learned":
-        name, equations = "[y | r]", "eq. (44)-(46), learned variance"
+        name, equations = "[y|r]", "eq. (44)-(46), learned variance"
     else:
         name, equations = "y", f"eq. (9), (11), s2={sizes['s2']:g}"
     return (f"{type(likelihood).__name__} NLL of ({B}, {D}) ({equations})", lambda: likelihood.nll(out, x), dnll,
