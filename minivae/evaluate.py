@@ -130,7 +130,8 @@ def samples_per_chunk(model, batch_size, memory_bytes):
     values (the tiled x, the decoder output and the likelihood's temporaries, the previous chunk's
     kept by the layers' caches), two of H per decoder hidden layer and a few of J. At least 1."""
     config = model.config
-    row = 6 * config["input_dim"] + 2 * sum(config["decoder_hidden"]) + 4 * config["latent_dim"]
+    values = config["input_dim"] * model.likelihood.outputs_per_value  # 2D with a learned variance
+    row = 6 * values + 2 * sum(config["decoder_hidden"]) + 4 * config["latent_dim"]
     return max(1, int(memory_bytes // (batch_size * row * model.backend.dtype.itemsize)))
 
 
