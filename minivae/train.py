@@ -330,7 +330,8 @@ class Trainer:
             x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
             if dynamic:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
-            terms = model.loss_and_backward(x, kl_weight=self._kl_weight(epoch, step / steps))
+            kl_weight = self._kl_weight(epoch, step / steps)  # eq. (47); 1 unless --beta or --kl-warmup
+            terms = model.loss_and_backward(x) if kl_weight == 1.0 else model.loss_and_backward(x, kl_weight=kl_weight)
             step_values[step, :3] = xp.stack(terms)
             step_values[step, 3] = model.buffer.grad.sum()  # one pass over every gradient at once
             if (step + 1) % self.check_every == 0 or step + 1 == steps:
