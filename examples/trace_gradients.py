@@ -21,7 +21,18 @@ worked example of section 12 of docs/derivation.md is one such run, on a one-uni
 
     python examples/trace_gradients.py --dims 1 1 1 --x 1 --eps 1 --set W1=0.5 --set b1=0.5 ...
 
-(the whole command is in section 12). Every number is printed with 6 significant digits, so any line can be recomputed by hand (or in a
+(the whole command is in section 12).
+
+The flags of sections 19-22 trace the default 4-3-2-3-4 network with another likelihood or objective: the forward
+values, the likelihood's gradient, the objective's own quantities (the IWAE's log-weights and
+normalised weights, the KL weight) and every parameter gradient beside its finite difference:
+
+    python examples/trace_gradients.py --likelihood continuous-bernoulli
+    python examples/trace_gradients.py --likelihood gaussian --variance learned
+    python examples/trace_gradients.py --objective iwae --samples 3
+    python examples/trace_gradients.py --beta 0.5
+
+Every number is printed with 6 significant digits, so any line can be recomputed by hand (or in a
 Python prompt) from the lines above it to about 5 digits.
 """
 
@@ -38,7 +49,10 @@ except ImportError:  # run from a source checkout without installing: use the ch
 
 from minivae.backend import numpy_backend
 from minivae.gaussian import kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
+from minivae import objectives
+from minivae.cli import nonnegative_float, positive_int, variance_setting
 from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, summarize
+from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
 
 SEED = 21  # weights where 2 of the 3 ReLU units are on in each hidden layer, none near the kink at 0
@@ -71,7 +85,19 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the PyTorch-style initialisation")
     parser.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
                         metavar="NAME=v1,v2,...", help="set a parameter by hand (row-major), e.g. W2=1,0.5")
+    variant = parser.add_argument_group("another likelihood or objective (sections 19-22; the 4-3-2-3-4 network)")
+    variant.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default: bernoulli)")
+    variant.add_argument("--variance", type=variance_setting, default=1.0,
+                         help="the gaussian likelihood's variance, or 'learned' (default: 1.0)")
+    variant.add_argument("--objective", choices=objectives.OBJECTIVES, default="elbo", help="(default: elbo)")
+    variant.add_argument("--samples", type=positive_int, default=1, help="L (elbo) or K (iwae) (default: 1)")
+    variant.add_argument("--beta", type=nonnegative_float, default=1.0, help="the KL weight, eq. (42) (default: 1)")
     args = parser.parse_args(argv)
+    args.classic = (args.likelihood, args.variance, args.objective, args.samples, args.beta) == (
+        "bernoulli", 1.0, "elbo", 1, 1.0)
+    if not args.classic and (tuple(args.dims), tuple(args.x), tuple(args.eps), args.seed, args.settings) != (DIMS, X, EPS, SEED, []):
+        parser.error("--dims, --x, --eps, --seed and --set trace the Bernoulli ELBO network; the likelihood and "
+                     "objective flags trace the 4-3-2-3-4 one: use one kind or the other")
     d, h, j = args.dims
     if min(args.dims) < 1:
         parser.error(f"--dims: every size must be >= 1, got {d} {h} {j}")
@@ -113,6 +139,67 @@ def show_gradient(label, equation, analytic, row):
 
 def main(argv=None):
     args = parse_args(argv)
+    return trace_classic(args) if args.classic else trace_variant(args)
+
+
+def trace_variant(args):
+    """The forward values, the likelihood's and the objective's own gradients, and every parameter
+    gradient beside its finite difference, for the likelihood and objective of the flags."""
+    backend = numpy_backend("float64", seed=SEED)
+    xp = backend.xp
+    model = VAE(4, (3,), 2, activation="relu", likelihood=args.likelihood, variance=args.variance,
+                n_samples=args.samples, objective=args.objective, backend=backend)
+    x = X * 0.8 + 0.1 if args.likelihood != "bernoulli" else X  # grey levels for the densities on [0, 1]
+    eps = EPS[None] if args.samples == 1 else backend.standard_normal((args.samples, 1, 2))
+    print(f"A 4-3-2-3-4 VAE on one data point, float64, eps held fixed: {args.likelihood} likelihood"
+          f"{' (learned variance)' if args.variance == 'learned' else ''}, objective {args.objective}, "
+          f"{'K' if args.objective == 'iwae' else 'L'} = {args.samples}, beta = {args.beta:g}.")
+    print("\n== Forward ==")
+    show("x  (the data point)", "", x)
+    mu, logvar = model.encode(x)
+    show("mu, logvar = encoder(x)", "eq. (4)", xp.concatenate([mu, logvar], axis=1))
+    show("eps  (fixed noise, one row per sample)", "eq. (5)", eps.reshape(-1, 2))
+    z = reparameterize(xp, mu, logvar, eps)
+    show("z = mu + eps * exp(0.5 * logvar)", "eq. (5)", z)
+    out = model.decoder.forward(z)
+    equations = {"bernoulli": ("eq. (8), (10)", "eq. (10)"), "continuous-bernoulli": ("eq. (35)", "eq. (38)"),
+                 "gaussian": ("eq. (39), (40)", "eq. (40)") if args.variance == "learned" else ("eq. (9)", "eq. (9)")}
+    nll_equation, mean_equation = equations[args.likelihood]
+    show("decoder output (logits, or [y | r])", "eq. (6)", out)
+    show("mean of p(x|z)", mean_equation, model.likelihood.mean(out))
+    nll, dout = model.likelihood.nll_and_grad(out, xp.tile(x, (args.samples, 1)))
+    show("NLL per sample", nll_equation, nll)
+    show("dNLL/d(decoder output)", {"bernoulli": "eq. (10)", "continuous-bernoulli": "eq. (37)"}.get(
+        args.likelihood, "eq. (41)" if args.variance == "learned" else "eq. (11)"), dout)
+    kl = kl_divergence(xp, mu, logvar)
+    show("KL (closed form)", "eq. (7)", kl)
+    if args.objective == "iwae":
+        z_samples, eps_samples = z.reshape(eps.shape), eps.reshape(args.samples, 1, 2)
+        log_weights = objectives.iwae_log_weights(xp, nll.reshape(args.samples, 1), z_samples, eps_samples, logvar)
+        show("log q(z|x) = -0.5 sum(log 2pi + logvar + eps^2)", "eq. (44)",
+             -0.5 * (objectives.LOG_2PI + logvar + eps_samples ** 2).sum(axis=-1))
+        show("log w = -NLL + log p(z) - log q(z|x)", "eq. (43)", log_weights)
+        show("normalised weights w~ (constants of the backward)", "eq. (45)",
+             objectives.normalized_weights(xp, log_weights))
+        loss = objectives.iwae_loss(xp, log_weights).sum()
+        show("loss = -log mean_k w_k", "eq. (43)", loss)
+    else:
+        loss = nll.sum() / args.samples + args.beta * kl.sum()
+        show(f"loss = mean NLL + beta KL, beta = {args.beta:g}", "eq. (42)", loss)
+    terms = model.loss_and_backward(x, eps, args.beta)
+    rows = check_model(model, x, eps, kl_weight=args.beta)
+    print("\n== Parameter gradients of VAE.loss_and_backward, beside finite differences ==")
+    equation = "eq. (46)" if args.objective == "iwae" else "eq. (12)"
+    for row, p in zip(rows, model.parameters()):
+        show_gradient(f"d{p.name}", equation, p.grad, row)
+    print("\n== Checks ==")
+    same = abs(float(loss) - float(terms.total)) <= 1e-12 * max(1.0, abs(float(loss)))
+    print("step-by-step loss == VAE.loss_and_backward's:", "agree" if same else f"DIFFERENT ({float(terms.total)})")
+    print(summarize(rows, DEFAULT_TOLERANCE))
+    return 0 if same and all(row.ok for row in rows) else 1
+
+
+def trace_classic(args):
     d, h, J = args.dims
     backend = numpy_backend("float64", seed=args.seed)
     xp = backend.xp

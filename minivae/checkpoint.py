@@ -29,8 +29,9 @@ from .backend import BACKEND_NAMES, DTYPES
 from .errors import BackendUnavailable, CheckpointError
 from .fileio import atomic_write
 from .layers import ACTIVATIONS
-from .likelihoods import LIKELIHOODS
+from .likelihoods import LEARNED, LIKELIHOODS
 from .model import ARCHITECTURES, CONFIG_RULES, VAE
+from .objectives import OBJECTIVES
 
 FORMAT_VERSION = 1
 """Bump when the layout changes in a way an older reader cannot follow."""
@@ -57,8 +58,9 @@ SETTINGS_RULES = {
     "lr": checks.positive_number, "latent_dim": checks.positive_int, "samples": checks.positive_int,
     "hidden": checks.list_of(checks.positive_int), "decoder_hidden": checks.optional(checks.list_of(checks.positive_int)),
     "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.optional(checks.one_of(LIKELIHOODS)),
-    "variance": checks.positive_number, "seed": checks.nonnegative_int, "version": checks.text,
-    "architecture": checks.one_of(ARCHITECTURES),
+    "variance": checks.or_literal(LEARNED, checks.positive_number), "seed": checks.nonnegative_int,
+    "version": checks.text, "architecture": checks.one_of(ARCHITECTURES), "objective": checks.one_of(OBJECTIVES),
+    "beta": checks.nonnegative_number, "kl_warmup": checks.nonnegative_int,
 }
 """What each setting of a run (``config.json``, ``extra["settings"]`` of its checkpoint) must be."""
 

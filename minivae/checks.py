@@ -70,6 +70,14 @@ def list_of(rule, allow_empty=False):
     return check
 
 
+def or_literal(literal, rule):
+    """``literal`` itself, or a value that passes ``rule`` (e.g. a variance: "learned" or a number > 0)."""
+    def check(value):
+        problem = None if value == literal else rule(value)
+        return None if problem is None else f"must be {literal!r} or {problem.removeprefix('must be ')}"
+    return check
+
+
 def first_problem(values, rules, required=()):
     """``(field, "field=<value> <what it must be>")`` for the first field of ``values`` (a dict) that
     breaks its rule or that ``required`` names but ``values`` lacks; None when all are fine. Fields

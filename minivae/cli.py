@@ -30,10 +30,24 @@ def positive_float(text):
     return value
 
 
+def nonnegative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def variance_setting(text):
+    """The Gaussian likelihood's variance: a positive number (fixed), or "learned" (eq. (39)-(41))."""
+    return text if text == "learned" else positive_float(text)
+
+
 # argparse reports a type's ValueError as "invalid <name> value": give the names a reader expects
 positive_int.__name__ = "positive integer"
 nonnegative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
+nonnegative_float.__name__ = "non-negative number"
+variance_setting.__name__ = "variance (a positive number or 'learned')"
 
 
 class Parser(argparse.ArgumentParser):

@@ -266,10 +266,11 @@ def conv_encoder(image_shape, channels, latent_dim, activation_kind, backend, na
     return Sequential(layers, name)
 
 
-def conv_decoder(image_shape, channels, latent_dim, activation_kind, backend, name="decoder"):
-    """z (N, J) -> one output per pixel (N, H*W): the encoder mirrored, a Linear to c2 x H/4 x W/4
-    features and an activation, then two stride-2 4x4 transpose convolutions, c2 -> c1 (and an
-    activation) -> 1 channel."""
+def conv_decoder(image_shape, channels, latent_dim, activation_kind, backend, name="decoder", out_channels=1):
+    """z (N, J) -> ``out_channels`` outputs per pixel (N, out_channels*H*W), channel after channel:
+    the encoder mirrored, a Linear to c2 x H/4 x W/4 features and an activation, then two stride-2
+    4x4 transpose convolutions, c2 -> c1 (and an activation) -> out_channels (2 for a learned
+    variance: [y | r] of eq. (39))."""
     height, width = check_image_shape(image_shape)
     c1, c2 = channels
     layers = [Linear(latent_dim, c2 * (height // 4) * (width // 4), backend, f"{name}.0"),
@@ -277,8 +278,8 @@ def conv_decoder(image_shape, channels, latent_dim, activation_kind, backend, na
               Reshape((c2, height // 4, width // 4), f"{name}.2"),
               ConvTranspose2d(c2, c1, KERNEL, STRIDE, PADDING, backend, f"{name}.3"),
               activation(activation_kind, backend, f"{name}.4"),
-              ConvTranspose2d(c1, 1, KERNEL, STRIDE, PADDING, backend, f"{name}.5"),
-              Reshape((height * width,), f"{name}.6")]
+              ConvTranspose2d(c1, out_channels, KERNEL, STRIDE, PADDING, backend, f"{name}.5"),
+              Reshape((out_channels * height * width,), f"{name}.6")]
     return Sequential(layers, name)
 
 

@@ -9,8 +9,8 @@ For every test point it computes
   in the IWAE paper), its log-weights from eq. (21), (8)/(9), reduced by the stable logsumexp of
   eq. (23) in chunks of samples that fit in memory,
 
-and reports their means over the test set with standard errors, in nats, as a table on stdout and
-as JSON (``evaluation.json`` beside the checkpoint, written atomically).
+and reports their means over the test set with standard errors, in nats, with the active units and
+the KL per latent dimension (eq. (47)), as a table on stdout and as JSON (``evaluation.json`` beside the checkpoint, written atomically).
 
 The math is in the small functions at the top (``logsumexp``, ``log_importance_weights``,
 ``importance_weighted_log_likelihood``, ``elbo``); they compute with the model backend's ``xp`` only,
@@ -35,6 +35,7 @@ from .errors import CheckpointError, DataError, NumericalError
 from .fileio import atomic_write
 from .interrupts import check_interrupt
 from .gaussian import gaussian_log_density, reparameterize
+from .objectives import logsumexp  # eq. (23): the one stable reduction, shared with the IWAE objective
 
 PROGRAM = "minivae-evaluate"
 RESULTS_NAME = "evaluation.json"
@@ -48,18 +49,6 @@ GPU_MEMORY_MB = 1024
 
 # --------------------------------------------------------------------------------------------------
 # The math: backend arrays in, backend arrays out
-
-
-def logsumexp(xp, a):
-    """Eq. (23) over the first axis: ``logsumexp(a) = max(a) + log sum_k exp(a_k - max(a))``.
-
-    a: (K, B) -> (B,). Every exponent is <= 0, so nothing overflows, and the largest term
-    contributes exp(0) = 1, so the log is finite. A column whose max is not finite (all -inf: every
-    weight is 0) is shifted by 0 instead, giving -inf rather than NaN.
-    """
-    shift = a.max(axis=0)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    return shift + xp.log(xp.exp(a - shift).sum(axis=0))
 
 
 def log_importance_weights(model, x, mu, logvar, eps):
@@ -119,6 +108,24 @@ def elbo(model, x, noise=None):
     return -(reconstruction + kl).astype(model.backend.xp.float64)
 
 
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_u]) exceeds it (eq. (47))
+
+
+def latent_statistics(model, test_x, batch_size):
+    """Eq. (47) over the rows of the host array ``test_x`` (N, D): the variance over the test set of each
+    posterior mean mu_u (``Var_x E_q[z_u]``) and the KL of eq. (7) per latent dimension averaged over
+    the test set (the dimensions' KLs add up to the mean KL). Returns (variance (J,), kl (J,)) as
+    float64 NumPy arrays; no noise is drawn."""
+    backend = model.backend
+    means, kls = [], []
+    for start in range(0, len(test_x), batch_size):
+        mu, logvar = model.encode(backend.to_device(test_x[start:start + batch_size]))
+        means.append(backend.to_numpy(mu).astype(np.float64))
+        kls.append(backend.to_numpy(-0.5 * (1 + logvar - mu * mu - backend.xp.exp(logvar))).astype(np.float64))
+    means = np.concatenate(means)
+    return means.var(axis=0), np.concatenate(kls).mean(axis=0)
+
+
 def samples_per_chunk(model, batch_size, memory_bytes):
     """How many samples of z per data point one chunk may hold so that a pass over ``batch_size``
     points fits in ``memory_bytes``: each of its chunk * batch_size rows holds about six arrays of D
@@ -126,7 +133,8 @@ def samples_per_chunk(model, batch_size, memory_bytes):
     kept by the layers' caches), two of H per decoder hidden layer (or the conv decoder's feature maps
     and column arrays, ``model.decoder_values_per_row``) and a few of J. At least 1."""
     config = model.config
-    row = 6 * config["input_dim"] + 2 * model.decoder_values_per_row + 4 * config["latent_dim"]
+    values = config["input_dim"] * model.likelihood.outputs_per_value  # 2D with a learned variance
+    row = 6 * values + 2 * model.decoder_values_per_row + 4 * config["latent_dim"]
     return max(1, int(memory_bytes // (batch_size * row * model.backend.dtype.itemsize)))
 
 
@@ -235,7 +243,9 @@ def run(args):
     if not (np.isfinite(elbos).all() and np.isfinite(log_likelihoods).all()):
         raise NumericalError(f"{path}: the ELBO or the log-likelihood of some test point is not finite "
                              f"(in {backend.dtype.name}); try --dtype float64")
-    return _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds)
+    results = _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds)
+    results.update(_latent_results(model, test_x, args.batch_size))
+    return results
 
 
 def write_results(results, args):
@@ -332,6 +342,14 @@ def _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelih
     }
 
 
+def _latent_results(model, test_x, batch_size):
+    """The active units and the KL per latent dimension of eq. (47), for the JSON document."""
+    variance, kl = latent_statistics(model, test_x, batch_size)
+    return {"active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()), "latent_dim": int(len(variance)),
+            "active_unit_threshold": ACTIVE_UNIT_THRESHOLD, "posterior_mean_variance": variance.tolist(),
+            "kl_per_dimension": kl.tolist()}
+
+
 def format_table(results):
     """The results as a small table (nats per test point): ELBO and log p(x), their negatives (which
     compare with the training loss), and how far the estimate of log p(x) lies above the ELBO."""
@@ -345,6 +363,11 @@ def format_table(results):
              f"{results['dtype']}, {results['seconds']:.1f} s",
              f"{'nats per test point':<24}{'mean':>12}{'std. error':>12}"]
     lines += [f"{name:<24}{value['mean']:>12.3f}{value['standard_error']:>12.3f}" for name, value in rows]
+    if "active_units" in results:
+        kl = " ".join(f"{value:.2f}" for value in results["kl_per_dimension"])
+        lines.append(f"active units (Var_x E_q[z_u] > {results['active_unit_threshold']:g}): "
+                     f"{results['active_units']} of {results['latent_dim']}")
+        lines.append(f"KL per latent dimension (nats): {kl}")
     return "\n".join(lines)
 
 

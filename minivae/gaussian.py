@@ -66,17 +66,20 @@ def kl_divergence_backward(xp, mu, logvar, dkl=None):
     return dmu * dkl[:, None], dlogvar * dkl[:, None]
 
 
-def head_gradient(xp, dz, mu, logvar, eps, kernels=None):
+def head_gradient(xp, dz, mu, logvar, eps, kernels=None, kl_weight=1.0):
     """Eq. (18): the gradient at the encoder head ``[mu | logvar]``, both paths added:
     ``dmu = sum_l dz_l + mu``, ``dlogvar = sum_l dz_l * eps_l * 0.5 * exp(0.5 logvar)
     + 0.5 * (exp(logvar) - 1)`` (eq. (16) through z, eq. (17) through the KL of the batch sum).
+    With a KL weight beta (eq. (42)) the KL path is multiplied by beta.
 
     dz: (L*B, J); mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> dhead: (B, 2J).
-    ``kernels``: the backend's fused kernels (one pass after the sums over L), or None.
+    ``kernels``: the backend's fused kernels (one pass after the sums over L, beta = 1 only), or None.
     """
-    if kernels is None:
+    if kernels is None or kl_weight != 1.0:
         dmu_rec, dlogvar_rec = reparameterize_backward(xp, dz, logvar, eps)
         dmu_kl, dlogvar_kl = kl_divergence_backward(xp, mu, logvar)
+        if kl_weight != 1.0:
+            dmu_kl, dlogvar_kl = dmu_kl * kl_weight, dlogvar_kl * kl_weight
         return xp.concatenate([dmu_rec + dmu_kl, dlogvar_rec + dlogvar_kl], axis=1)
     eps = as_samples(eps, mu)
     dz = dz.reshape(eps.shape)

@@ -41,7 +41,7 @@ import sys
 from collections import namedtuple
 
 from .backend import BACKEND_NAMES, DTYPES, Backend, get_backend
-from .cli import Parser, nonnegative_int, positive_float, positive_int
+from .cli import Parser, nonnegative_int, positive_float, positive_int, variance_setting
 from .errors import BackendUnavailable
 
 DEFAULT_STEP = 1e-3  # h; perturbations reach 2h, so keep ReLU inputs > 1e-2 away from 0
@@ -99,7 +99,8 @@ GradientRow.__doc__ = """One checked gradient: the array's name and shape, max |
 error of eq. (24) against finite differences, whether it is within the tolerance, and both gradients
 as host (NumPy) arrays."""
 
-LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "reparameterize", "kl", "bernoulli", "gaussian")
+LAYER_KINDS = ("linear", "relu", "tanh", "sigmoid", "reparameterize", "kl", "bernoulli", "gaussian",
+               "continuous-bernoulli")
 
 
 def check_gradients(f, dout, gradients, backend, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
@@ -128,9 +129,10 @@ def float64_twin(backend):
     return Backend(backend.name, backend.xp, backend.special, dtype="float64", seed=backend.seed)
 
 
-def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
+def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE, kl_weight=1.0):
     """Every parameter gradient of the batch loss of eq. (3), as ``model.loss_and_backward(x, eps)``
-    computes it by hand, against central differences of the forward-only ``model.elbo_terms(x, eps)``.
+    computes it by hand, against central differences of the forward-only ``model.objective_terms(x, eps)``
+    (the model's objective: the ELBO with KL weight ``kl_weight``, eq. (42), or the IWAE bound, eq. (43)).
 
     eps is held fixed, so the loss is a deterministic function of the parameters. The loss is one
     number, so its upstream gradient is the scalar 1 (there is nothing for it to rearrange). The
@@ -139,7 +141,7 @@ def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
     ``parameter.grad`` set as ``loss_and_backward`` left it. Returns one GradientRow per parameter,
     in ``model.parameters()`` order.
     """
-    model.loss_and_backward(x, eps)
+    model.loss_and_backward(x, eps, kl_weight)
     analytic = [p.grad.copy() for p in model.parameters()]
     reference = model
     if model.backend.dtype.name != "float64":
@@ -149,8 +151,7 @@ def check_model(model, x, eps, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
         x, eps = x.astype("float64"), eps.astype("float64")
 
     def loss():
-        reconstruction, kl = reference.elbo_terms(x, eps)
-        return (reconstruction + kl).sum()
+        return reference.objective_terms(x, eps, kl_weight).total
 
     gradients = [(p.name, p.data, a) for p, a in zip(reference.parameters(), analytic)]
     return check_gradients(loss, 1.0, gradients, model.backend, h, tolerance)
@@ -237,9 +238,10 @@ def _layer_inputs(kind, backend, sizes):
     if kind in ("reparameterize", "kl"):
         return {"mu": randn((B, J)), "logvar": 0.5 * randn((B, J)), "eps": randn((L, B, J)),
                 "dz": randn((L * B, J)), "dkl": randn((B,))}
-    if kind == "bernoulli":
+    if kind in ("bernoulli", "continuous-bernoulli"):
         return {"out": 2 * randn((B, D)), "x": backend.uniform((B, D)), "dnll": randn((B,))}
-    return {"out": randn((B, D)), "x": randn((B, D)), "dnll": randn((B,))}
+    width = 2 * D if sizes["s2"] == "learned" else D  # a learned variance: the output is [y | r]
+    return {"out": randn((B, width)), "x": randn((B, D)), "dnll": randn((B,))}
 
 
 def _layer_case(kind, backend, inputs, sizes):
@@ -282,7 +284,12 @@ def _layer_case(kind, backend, inputs, sizes):
     likelihood = make_likelihood(kind, backend, sizes["s2"])
     out, x, dnll = inputs["out"], inputs["x"], inputs["dnll"]  # dnll: a random upstream gradient per row
     _, dout_sum = likelihood.nll_and_grad(out, x)  # the gradient of the sum of the rows' NLL
-    name, equations = ("logits", "eq. (8), (10)") if kind == "bernoulli" else ("y", f"eq. (9), (11), s2={sizes['s2']:g}")
+    if kind != "gaussian":
+        name, equations = "logits", {"bernoulli": "eq. (8), (10)", "continuous-bernoulli": "eq. (35), (37)"}[kind]
+    elif sizes["s2"] == "learned":
+        name, equations = "[y|r]", "eq. (39)-(41), learned variance"
+    else:
+        name, equations = "y", f"eq. (9), (11), s2={sizes['s2']:g}"
     return (f"{type(likelihood).__name__} NLL of ({B}, {D}) ({equations})", lambda: likelihood.nll(out, x), dnll,
             [(name, out)], [dout_sum * dnll[:, None]])
 
@@ -342,6 +349,7 @@ def build_parser():
     from .layers import ACTIVATIONS
     from .likelihoods import LIKELIHOODS
     from .model import ARCHITECTURES
+    from .objectives import OBJECTIVES
 
     parser = Parser(
         prog=PROGRAM,
@@ -356,9 +364,13 @@ def build_parser():
     model.add_argument("--samples", type=positive_int, default=1, help="L, samples of z per data point (default 1)")
     model.add_argument("--batch-size", type=positive_int, default=4, help="B, data points in the batch (default 4)")
     model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default bernoulli)")
-    model.add_argument("--variance", type=positive_float, default=1.0,
-                       help="s2 of the Gaussian likelihood (default 1.0)")
+    model.add_argument("--variance", type=variance_setting, default=1.0,
+                       help="s2 of the Gaussian likelihood, or 'learned' (default 1.0)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
+    model.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                       help="elbo (eq. (3)) or iwae (eq. (43), K = --samples) (default elbo)")
+    model.add_argument("--beta", type=positive_float, default=1.0,
+                       help="the KL weight of the ELBO objective, eq. (42) (default 1)")
     check = parser.add_argument_group("check")
     model.add_argument("--architecture", choices=ARCHITECTURES, default="mlp",
                        help="mlp, or conv: the conv VAE of minivae/conv.py on --image-shape images with 2 and 3 "
@@ -420,8 +432,8 @@ def _run(args):
         conv = args.architecture == "conv"
         input_dim = args.image_shape[0] * args.image_shape[1] if conv else args.input_dim
         model = VAE(input_dim, hidden, args.latent_dim, activation=args.activation, likelihood=args.likelihood,
-                    variance=args.variance, n_samples=args.samples, backend=backend, architecture=args.architecture,
-                    image_shape=args.image_shape, channels=(2, 3))
+                    variance=args.variance, n_samples=args.samples, objective=args.objective, backend=backend,
+                    architecture=args.architecture, image_shape=args.image_shape, channels=(2, 3))
         x = backend.uniform((args.batch_size, input_dim))
         eps = model.draw_eps(args.batch_size)  # drawn once: held fixed for every difference
         if args.activation == "relu":
@@ -431,9 +443,11 @@ def _run(args):
         sizes = "-".join(str(n) for n in [args.input_dim, *hidden, args.latent_dim, *reversed(hidden), args.input_dim])
         if conv:
             sizes = "conv {0}x{1}-2-3-{2}-3-2-{0}x{1}".format(*args.image_shape, args.latent_dim)
+        loss = "loss of eq. (3)" if args.objective == "elbo" else "IWAE loss of eq. (43)"
+        loss += f" with beta={args.beta:g} (eq. (42))" if args.beta != 1 else ""
         print(f"{PROGRAM}: VAE {sizes}, {args.likelihood} likelihood, {args.activation}, L={args.samples}, "
-              f"batch {args.batch_size}; loss of eq. (3) with eps held fixed; {_settings(args, backend, step, tolerance)}")
-        rows = check_model(model, x, eps, step, tolerance)
+              f"batch {args.batch_size}; {loss} with eps held fixed; {_settings(args, backend, step, tolerance)}")
+        rows = check_model(model, x, eps, step, tolerance, args.beta)
     if float32:
         print("note: float32 analytic gradients against float64 finite differences of the same weights (float32 "
               f"differences are only ~1e-2 accurate); expect errors ~1e-7, tolerance {tolerance:g}")

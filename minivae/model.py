@@ -13,10 +13,12 @@ from collections import namedtuple
 
 from . import checks
 from .backend import numpy_backend
+from . import objectives
 from .conv import check_image_shape, conv_decoder, conv_decoder_values_per_row, conv_encoder
-from .gaussian import head_gradient, kl_divergence, reparameterize
+from .gaussian import as_samples, head_gradient, kl_divergence, reparameterize, reparameterize_backward
 from .layers import ACTIVATIONS, ParameterBuffer, mlp
-from .likelihoods import LIKELIHOODS, make_likelihood
+from .likelihoods import LEARNED, LIKELIHOODS, make_likelihood
+from .objectives import OBJECTIVES
 
 ARCHITECTURES = ("mlp", "conv")
 
@@ -25,7 +27,8 @@ CONFIG_RULES = {
     "latent_dim": checks.positive_int,
     "decoder_hidden": checks.optional(checks.list_of(checks.positive_int, allow_empty=True)),
     "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.one_of(LIKELIHOODS),
-    "variance": checks.positive_number, "n_samples": checks.positive_int,
+    "variance": checks.or_literal(LEARNED, checks.positive_number), "n_samples": checks.positive_int,
+    "objective": checks.one_of(OBJECTIVES),
     "architecture": checks.one_of(ARCHITECTURES), "image_shape": checks.optional(checks.list_of(checks.positive_int)),
     "channels": checks.list_of(checks.positive_int),
 }
@@ -46,10 +49,15 @@ class VAE:
         latent_dim: J, the size of z.
         decoder_hidden: the decoder's hidden widths; defaults to ``hidden`` reversed.
         activation: "relu", "tanh" or "sigmoid" between the Linear layers.
-        likelihood: "bernoulli" (decoder outputs logits, x in [0, 1]) or "gaussian" (decoder outputs
-            the mean of N(x; y, variance)).
-        variance: the fixed variance s2 of the Gaussian likelihood.
-        n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
+        likelihood: "bernoulli" (decoder outputs logits, x in [0, 1]), "continuous-bernoulli" (logits
+            of a normalised density on [0, 1], eq. (35)) or "gaussian" (decoder outputs the mean of
+            N(x; y, variance)).
+        variance: the fixed variance s2 of the Gaussian likelihood, or "learned": the decoder then
+            outputs a mean and a log-variance per value (eq. (39)-(41)).
+        n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)), or
+            K, the number of importance samples of the IWAE objective.
+        objective: "elbo" (eq. (3), with an optional KL weight, eq. (42)) or "iwae" (the
+            importance-weighted bound of eq. (43) with K = n_samples).
         backend: a Backend (default: NumPy, float32, seed 0).
         architecture: "mlp" (the Linear layers above) or "conv" (minivae/conv.py: two stride-2 4x4
             convolutions to ``channels`` and a Linear head; the decoder mirrors it with transpose
@@ -59,13 +67,13 @@ class VAE:
     """
 
     def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
-                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None, architecture="mlp",
-                 image_shape=None, channels=(32, 64)):
+                 likelihood="bernoulli", variance=1.0, n_samples=1, objective="elbo", backend=None,
+                 architecture="mlp", image_shape=None, channels=(32, 64)):
         self.backend = backend if backend is not None else numpy_backend()
         problem = checks.first_problem(
             {"input_dim": input_dim, "hidden": hidden, "latent_dim": latent_dim, "decoder_hidden": decoder_hidden,
              "activation": activation, "likelihood": likelihood, "variance": variance, "n_samples": n_samples,
-             "architecture": architecture, "channels": channels},
+             "objective": objective, "architecture": architecture, "channels": channels},
             CONFIG_RULES)
         if problem is not None:
             raise ValueError(f"VAE: {problem[1]}")
@@ -74,8 +82,11 @@ class VAE:
         self.config = {
             "input_dim": int(input_dim), "hidden": list(hidden), "latent_dim": int(latent_dim),
             "decoder_hidden": list(decoder_hidden), "activation": activation, "likelihood": likelihood,
-            "variance": float(variance), "n_samples": int(n_samples),
+            "variance": variance if variance == LEARNED else float(variance), "n_samples": int(n_samples),
         }
+        if objective != "elbo":  # absent means elbo, as in the configs written before there was a choice
+            self.config["objective"] = objective
+        self.objective = objective
         self.latent_dim = int(latent_dim)
         self.n_samples = int(n_samples)
         self.likelihood = make_likelihood(likelihood, self.backend, variance)
@@ -84,7 +95,8 @@ class VAE:
             self._build_conv(image_shape, channels)
         else:
             self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
-            self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
+            decoder_out = input_dim * self.likelihood.outputs_per_value  # [y | logvar] when the variance is learned
+            self.decoder = mlp((latent_dim,) + decoder_hidden + (decoder_out,), activation, self.backend, "decoder")
             self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
             self.decoder_values_per_row = sum(decoder_hidden)
         self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
@@ -103,7 +115,8 @@ class VAE:
         self.config.update(architecture="conv", image_shape=[height, width], channels=list(channels),
                            hidden=[], decoder_hidden=[])
         args = ((height, width), channels, self.latent_dim, self.config["activation"], self.backend)
-        self.encoder, self.decoder = conv_encoder(*args), conv_decoder(*args)
+        self.encoder = conv_encoder(*args)
+        self.decoder = conv_decoder(*args, out_channels=self.likelihood.outputs_per_value)
         self.decoder_values_per_row = conv_decoder_values_per_row(height, width, channels)
 
     def parameters(self):
@@ -155,12 +168,16 @@ class VAE:
         reconstruction = nll.reshape(n_samples, -1).mean(axis=0)
         return reconstruction, kl_divergence(xp, mu, logvar, kernels)
 
-    def loss_and_backward(self, x, eps=None):
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
         """One forward and hand-written backward pass over a batch: the loss of eq. (3) and its
-        gradient by eq. (10)-(18), in the order of section 13 of docs/derivation.md.
+        gradient by eq. (10)-(18), in the order of section 13 of docs/derivation.md; with
+        ``objective="iwae"`` the loss of eq. (43) and its gradient by eq. (45), (46).
 
-        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed).
-        Returns LossTerms summed over the batch, and overwrites every parameter's ``grad`` with
+        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed);
+        kl_weight: beta of eq. (42), the weight of the KL in the ELBO objective (1: eq. (3)).
+        Returns LossTerms summed over the batch: the reconstruction NLL (averaged over the samples),
+        the closed-form KL (eq. (7)), and ``total``, the objective optimised (the negative ELBO only when
+        the objective is the ELBO and kl_weight is 1). Overwrites every parameter's ``grad`` with
         d(total)/d(parameter).
         """
         xp, kernels = self.backend.xp, self.backend.kernels
@@ -173,14 +190,50 @@ class VAE:
         out = self.decoder.forward(z)                                  # eq. (6)
         nll, dout = self.likelihood.nll_and_grad(out, self._repeat(x, n_samples))  # eq. (8)-(11)
         kl = kl_divergence(xp, mu, logvar, kernels)                    # eq. (7)
+        terms, log_weights = self._terms(nll, kl, z, eps, mu, logvar, kl_weight)
+        if log_weights is not None:
+            self._iwae_backward(dout, z, eps, logvar, log_weights)
+            return terms
         if n_samples > 1:
             dout *= 1.0 / n_samples                                    # the 1/L of eq. (3)
         dz = self.decoder.backward(dout)                               # eq. (12)-(15)
-        dhead = head_gradient(xp, dz, mu, logvar, eps, kernels)       # eq. (16)-(18)
+        dhead = head_gradient(xp, dz, mu, logvar, eps, kernels, kl_weight)  # eq. (16)-(18), (42)
         self.encoder.backward(dhead)
-        reconstruction = nll.sum() / n_samples
-        kl_sum = kl.sum()
-        return LossTerms(reconstruction, kl_sum, reconstruction + kl_sum)
+        return terms
+
+    def objective_terms(self, x, eps, kl_weight=1.0):
+        """Forward only: the LossTerms ``loss_and_backward(x, eps, kl_weight)`` returns, without
+        touching any gradient (what finite differences of the objective call)."""
+        xp, kernels = self.backend.xp, self.backend.kernels
+        mu, logvar = self.encode(x)
+        z = reparameterize(xp, mu, logvar, eps, kernels)
+        nll = self.likelihood.nll(self.decoder.forward(z), self._repeat(x, z.shape[0] // x.shape[0]))
+        return self._terms(nll, kl_divergence(xp, mu, logvar, kernels), z, eps, mu, logvar, kl_weight)[0]
+
+    def _terms(self, nll, kl, z, eps, mu, logvar, kl_weight):
+        """The summed LossTerms of a batch from its per-sample NLL (L*B,) and KL (B,), and the IWAE
+        log-weights of eq. (43) (K, B) (None for the ELBO)."""
+        xp = self.backend.xp
+        n_samples = nll.shape[0] // kl.shape[0]
+        reconstruction, kl_sum = nll.sum() / n_samples, kl.sum()
+        if self.objective == "elbo":
+            total = reconstruction + kl_sum if kl_weight == 1.0 else reconstruction + kl_weight * kl_sum
+            return LossTerms(reconstruction, kl_sum, total), None
+        eps = as_samples(eps, mu)
+        log_weights = objectives.iwae_log_weights(xp, nll.reshape(n_samples, -1), z.reshape(eps.shape), eps, logvar)
+        return LossTerms(reconstruction, kl_sum, objectives.iwae_loss(xp, log_weights).sum()), log_weights
+
+    def _iwae_backward(self, dout, z, eps, logvar, log_weights):
+        """Eq. (45), (46): each sample's likelihood gradient ``dout`` (K*B, D) times its normalised weight,
+        back through the decoder; plus w~ z through log p(z); into mu and logvar through z (eq. (16));
+        plus -0.5 into logvar directly through log q(z|x) (eq. (44))."""
+        xp = self.backend.xp
+        eps = as_samples(eps, logvar)
+        dnll, dz_prior = objectives.iwae_backward(xp, log_weights, z.reshape(eps.shape))
+        dout *= dnll.reshape(-1, 1)
+        dz = self.decoder.backward(dout) + dz_prior.reshape(z.shape)
+        dmu, dlogvar = reparameterize_backward(xp, dz, logvar, eps)
+        self.encoder.backward(xp.concatenate([dmu, dlogvar + objectives.IWAE_DLOGVAR], axis=1))
 
     def _check_input(self, x):
         """x must be a (B, D) array with B >= 1 in the backend's dtype (no silent promotion)."""

@@ -21,7 +21,8 @@ from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .checkpoint import (BINARIZE_MODES, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, read_run_settings, restore,
                          save_checkpoint)
-from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int, run_command
+from .cli import (Parser, add_output_flags, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                  run_command, variance_setting)
 from .conv import check_image_shape
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
@@ -30,11 +31,15 @@ from .interrupts import check_interrupt
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
 from .model import ARCHITECTURES, VAE
+from .objectives import OBJECTIVES, kl_weight_at
 from .optim import Adam
 
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
-                   "test_reconstruction", "test_kl", "seconds", "samples_per_second")
+                   "test_reconstruction", "test_kl", "seconds", "samples_per_second", "train_objective", "kl_weight")
+# train_loss is always the negative ELBO (reconstruction + KL, beta = 1); train_objective is what was
+# optimised (the same with beta = 1 and the ELBO; eq. (42) or eq. (43) otherwise); kl_weight is beta_t
+# at the epoch's last step.
 EVAL_BATCH_SIZE = 1000
 RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype float64"
 
@@ -44,6 +49,7 @@ DEFAULTS = {
     "dataset": None, "binarize": "none", "backend": "numpy", "dtype": "float32", "epochs": 10,
     "batch_size": 128, "lr": 1e-3, "latent_dim": 20, "samples": 1, "hidden": [400], "decoder_hidden": None,
     "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1, "architecture": "mlp",
+    "objective": "elbo", "beta": 1.0, "kl_warmup": 0,
 }
 # Settings a resumed run may change; every other one must match the saved run.
 CHANGEABLE_ON_RESUME = ("epochs", "backend")
@@ -72,7 +78,15 @@ def build_parser():
              "Linear head; the decoder mirrors it; images whose sides are multiples of 4) (default: mlp)")
     add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
     add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
-    add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
+    add("--variance", type=variance_setting,
+        help="variance of the gaussian likelihood: a fixed number, or 'learned', a variance per value output by "
+             "the decoder (default: 1.0)")
+    add("--objective", choices=OBJECTIVES,
+        help="elbo (eq. (3)) or iwae, the importance-weighted bound with K = --samples (eq. (43)) (default: elbo)")
+    add("--beta", type=nonnegative_float,
+        help="weight of the KL in the ELBO objective (default: 1); beta != 1 is not the ELBO (eq. (42))")
+    add("--kl-warmup", type=nonnegative_int, metavar="N",
+        help="ramp the KL weight from 0 to --beta over the first N epochs (default: 0, no warm-up)")
     add("--binarize", choices=BINARIZE_MODES,
         help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
     add("--seed", type=nonnegative_int, help="random seed (default: 1)")
@@ -115,6 +129,9 @@ def run(args):
         saved = _read_saved_run(out, resuming=bool(args.resume))
         _remove_stale_temporaries(out)
         settings = _settings(args, saved)
+        if settings["objective"] == "iwae" and (settings["beta"] != 1 or settings["kl_warmup"]):
+            raise MinivaeError("--beta and --kl-warmup weight the KL of the ELBO objective; the iwae objective "
+                               "has no separate KL term: drop them, or pass --objective elbo")
         dataset = _load_data(settings, args, log)
         settings["dataset"] = dataset.name
         if settings["likelihood"] is None:
@@ -227,7 +244,8 @@ def _build_model(settings, dataset, backend):
     return VAE(input_dim=dataset.train_x.shape[1], hidden=settings["hidden"], latent_dim=settings["latent_dim"],
                decoder_hidden=settings["decoder_hidden"], activation=settings["activation"],
                likelihood=settings["likelihood"], variance=settings["variance"], n_samples=settings["samples"],
-               backend=backend, architecture=architecture, image_shape=dataset.image_shape)
+               objective=settings["objective"], backend=backend, architecture=architecture,
+               image_shape=dataset.image_shape)
 
 
 def _check_conv_settings(settings, dataset):
@@ -293,11 +311,12 @@ class Trainer:
         test_sampled = self._test_sums(use_mean=False, epoch=epoch)
         test_mean = self._test_sums(use_mean=True, epoch=epoch)
         record = {
-            "epoch": epoch, "train_loss": train_sums[2] / n_train, "train_reconstruction": train_sums[0] / n_train,
+            "epoch": epoch, "train_loss": (train_sums[0] + train_sums[1]) / n_train, "train_reconstruction": train_sums[0] / n_train,
             "train_kl": train_sums[1] / n_train, "test_loss": test_sampled[2] / n_test,
             "test_loss_mean": test_mean[2] / n_test, "test_reconstruction": test_sampled[0] / n_test,
             "test_kl": test_sampled[1] / n_test, "seconds": seconds,
-            "samples_per_second": n_train / max(seconds, 1e-9),
+            "samples_per_second": n_train / max(seconds, 1e-9), "train_objective": train_sums[2] / n_train,
+            "kl_weight": self._kl_weight(epoch, 1.0 - 1.0 / -(-n_train // self.settings["batch_size"])),
         }
         record = {key: value if key == "epoch" else float(value) for key, value in record.items()}
         for key, term in (("test_loss", "test loss"), ("test_loss_mean", "test loss with z = mu")):
@@ -307,7 +326,9 @@ class Trainer:
                     f"{'NaN' if math.isnan(record[key]) else 'infinite'}; no checkpoint was written for this "
                     f"epoch, and {os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. "
                     f"{RETRY_HINT}")
-        self.log(f"epoch {epoch}/{self.settings['epochs']}  train loss {record['train_loss']:.2f}  "
+        weighted = self.settings.get("objective") == "iwae" or self._kl_weight(epoch, 0.0) != 1.0
+        objective = f" (objective {record['train_objective']:.2f})" if weighted else ""
+        self.log(f"epoch {epoch}/{self.settings['epochs']}  train loss {record['train_loss']:.2f}{objective}  "
                  f"test loss {record['test_loss']:.2f} (z = mu: {record['test_loss_mean']:.2f})  "
                  f"{seconds:.1f} s  {record['samples_per_second']:.0f} samples/s")
         return record
@@ -329,7 +350,8 @@ class Trainer:
             x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
             if dynamic:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
-            terms = model.loss_and_backward(x)
+            kl_weight = self._kl_weight(epoch, step / steps)  # eq. (42); 1 unless --beta or --kl-warmup
+            terms = model.loss_and_backward(x) if kl_weight == 1.0 else model.loss_and_backward(x, kl_weight=kl_weight)
             step_values[step, :3] = xp.stack(terms)
             step_values[step, 3] = model.buffer.grad.sum()  # one pass over every gradient at once
             if (step + 1) % self.check_every == 0 or step + 1 == steps:
@@ -344,6 +366,11 @@ class Trainer:
         if progress is not None:
             progress.close()
         return backend.to_numpy(step_values[:, :3]).astype(np.float64).sum(axis=0)
+
+    def _kl_weight(self, epoch, fraction):
+        """Eq. (42): the KL weight at this point of training (1 unless --beta or --kl-warmup say otherwise)."""
+        settings = self.settings
+        return kl_weight_at(settings.get("beta", 1.0), settings.get("kl_warmup", 0), epoch, fraction)
 
     def _stop_if_not_finite(self, step_values, start, stop, epoch):
         values = self.backend.to_numpy(step_values[start:stop])
@@ -412,7 +439,8 @@ def _write_metrics(path, history):
     text = io.StringIO()
     text.write(",".join(METRICS_COLUMNS) + "\n")
     for record in history:
-        text.write(",".join(repr(record[column]) for column in METRICS_COLUMNS) + "\n")
+        # a run resumed from before a column existed has no value for it in its first epochs
+        text.write(",".join(repr(record[column]) if column in record else "" for column in METRICS_COLUMNS) + "\n")
     with atomic_write(path, "w") as handle:
         handle.write(text.getvalue())
 

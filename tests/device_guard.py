@@ -229,7 +229,7 @@ def _module():
     for name in ("abs", "exp", "log", "log1p", "sqrt", "tanh", "maximum", "minimum", "multiply", "divide", "add",
                  "subtract", "matmul", "where", "concatenate", "stack", "tile", "argsort", "zeros", "ones", "empty",
                  "zeros_like", "empty_like", "ones_like", "isfinite", "isnan", "broadcast_to", "arange", "full",
-                 "logaddexp", "sign", "linspace", "sum", "mean", "max", "min", "all", "any", "square"):
+                 "logaddexp", "expm1", "sign", "linspace", "sum", "mean", "max", "min", "all", "any", "square"):
         setattr(xp, name, _device_function(getattr(np, name), "xp", name))
     xp.asarray = _to_device
     xp.dtype = np.dtype

@@ -63,13 +63,18 @@ def test_trace_example_runs_and_its_gradients_agree():
 # ------------------------------------------------------------------------------------------------
 
 ROWS_PER_LAYER = {"linear": 3, "relu": 1, "tanh": 1, "sigmoid": 1, "reparameterize": 2, "kl": 2, "bernoulli": 1,
-                  "gaussian": 1}
+                  "gaussian": 1, "continuous-bernoulli": 1}
 
 
 @pytest.mark.parametrize("args, n_rows", [
     ([], 8),
     (["--likelihood", "gaussian", "--samples", "2"], 8),
     (["--hidden", "6", "--hidden", "5", "--activation", "tanh"], 12),
+    (["--likelihood", "continuous-bernoulli"], 8),
+    (["--likelihood", "gaussian", "--variance", "learned", "--samples", "2"], 8),
+    (["--objective", "iwae", "--samples", "3"], 8),
+    (["--beta", "0.5", "--samples", "2"], 8),
+    (["--layer", "gaussian", "--variance", "learned"], 1),
 ] + [(["--layer", kind], ROWS_PER_LAYER[kind]) for kind in LAYER_KINDS])
 def test_gradcheck_command_passes(args, n_rows):
     result = run_python("-m", "minivae.gradcheck", *args)

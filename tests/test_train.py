@@ -20,7 +20,7 @@ from minivae.checkpoint import load_checkpoint
 TRAIN_COUNT, TEST_COUNT, ROWS, COLUMNS = 128, 32, 10, 12
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXPECTED_COLUMNS = ["epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
-                    "test_reconstruction", "test_kl", "seconds", "samples_per_second"]
+                    "test_reconstruction", "test_kl", "seconds", "samples_per_second", "train_objective", "kl_weight"]
 
 
 @pytest.fixture(scope="module")
