@@ -238,17 +238,22 @@ def test_the_unmutated_geometry_passes():
 # The conv VAE
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_conv_vae_gradients_match_finite_differences(make_backend, likelihood):
-    """The whole loss of eq. (3) through the conv encoder and decoder (4x8 images, 1x2 after the
-    convolutions), L = 2 samples; tanh, which has no kink for a difference to step across (ReLU's
-    own backward is checked in test_layers.py)."""
+@pytest.mark.parametrize("likelihood, variance, objective", [
+    ("bernoulli", 1.0, "elbo"), ("gaussian", 1.0, "elbo"),
+    ("gaussian", "learned", "elbo"), ("continuous-bernoulli", 1.0, "iwae")])
+def test_conv_vae_gradients_match_finite_differences(make_backend, likelihood, variance, objective):
+    """The whole loss of eq. (3) (or the IWAE loss of eq. (43)) through the conv encoder and decoder
+    (4x8 images, 1x2 after the convolutions), 2 samples; tanh, which has no kink for a difference to
+    step across (ReLU's own backward is checked in test_layers.py). With a learned variance the last
+    transpose convolution has two output channels, [y | r] of eq. (39)."""
     backend = make_backend("float64", seed=2)
-    model = VAE(input_dim=4 * 8, latent_dim=2, likelihood=likelihood, activation="tanh", architecture="conv",
-                image_shape=(4, 8), channels=(1, 2), n_samples=2, backend=backend)
+    model = VAE(input_dim=4 * 8, latent_dim=2, likelihood=likelihood, variance=variance, objective=objective,
+                activation="tanh", architecture="conv", image_shape=(4, 8), channels=(1, 2), n_samples=2,
+                backend=backend)
     x = backend.uniform((2, 4 * 8))
     rows = check_model(model, x, model.draw_eps(2))
     assert len(rows) == 12
+    assert model.decoder.layers[-2].W.data.shape[1] == (2 if variance == "learned" else 1)
     for row in rows:
         assert row.ok, (row.name, row.error)
 
