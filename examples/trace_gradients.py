@@ -149,8 +149,9 @@ def trace_variant(args):
     xp = backend.xp
     model = VAE(4, (3,), 2, activation="relu", likelihood=args.likelihood, variance=args.variance,
                 n_samples=args.samples, objective=args.objective, backend=backend)
-    x = X * 0.8 + 0.1 if args.likelihood != "bernoulli" else X  # grey levels for the densities on [0, 1]
-    eps = EPS[None] if args.samples == 1 else backend.standard_normal((args.samples, 1, 2))
+    x = np.array([X])  # (B, D) = (1, 4)
+    x = x * 0.8 + 0.1 if args.likelihood != "bernoulli" else x  # grey levels for the densities on [0, 1]
+    eps = np.array([[EPS]]) if args.samples == 1 else backend.standard_normal((args.samples, 1, 2))
     print(f"A 4-3-2-3-4 VAE on one data point, float64, eps held fixed: {args.likelihood} likelihood"
           f"{' (learned variance)' if args.variance == 'learned' else ''}, objective {args.objective}, "
           f"{'K' if args.objective == 'iwae' else 'L'} = {args.samples}, beta = {args.beta:g}.")

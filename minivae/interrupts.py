@@ -11,7 +11,10 @@ ignored in ..." and drops the exception, and the run goes on. So the commands (`
 - keeps quiet about a KeyboardInterrupt that Python drops (``sys.unraisablehook``), since the next
   check raises it;
 - only records while the command is not yet inside ``main`` (start-up imports): ``main`` raises it
-  at its first check, where it is reported in one line.
+  at its first check, where it is reported in one line;
+- only records inside ``deferred_interrupts()`` (the pictures of an epoch): matplotlib keeps
+  process-wide drawing state that a KeyboardInterrupt in the middle of a draw can leave broken, so
+  the interrupt is raised at the next check instead (at the latest when the block ends).
 
 Standard library only, so that ``minivae/__init__.py`` can install it before NumPy is imported.
 """
@@ -99,3 +102,20 @@ def interrupt_guard():
         sys.unraisablehook = previous_hook
         if early is not None:
             early.pending = early.pending or guard.pending
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Inside the block a SIGINT is only recorded, and raised by the next ``check_interrupt()`` or when
+    the block ends: for work that must not be cut in the middle of another library's code. A no-op
+    without a raising guard (outside the commands)."""
+    guard = installed_guard()
+    if guard is None or not guard.raising:
+        yield
+        return
+    guard.raising = False
+    try:
+        yield
+    finally:
+        guard.raising = True
+    guard.check()

@@ -27,7 +27,7 @@ from .conv import check_image_shape
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import LOCK_NAME, atomic_write, folder_lock
-from .interrupts import check_interrupt
+from .interrupts import check_interrupt, deferred_interrupts
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
 from .model import ARCHITECTURES, VAE
@@ -413,23 +413,24 @@ def _write_epoch_outputs(trainer, epoch, history):
     model, backend, out = trainer.model, trainer.backend, trainer.out
     image_shape = trainer.dataset.image_shape
     _write_metrics(os.path.join(out, METRICS_NAME), history)
-    originals = trainer.test_x[:8]
-    plots.save_reconstructions(os.path.join(out, f"reconstruction_{epoch}.png"), backend.to_numpy(originals),
-                               backend.to_numpy(model.reconstruct(originals)), image_shape)
-    plots.save_samples(os.path.join(out, f"sample_{epoch}.png"), backend.to_numpy(model.decode(trainer.fixed_z)),
-                       image_shape)
-    plots.save_loss_curves(os.path.join(out, "loss.png"), [r["epoch"] for r in history],
-                           [r["train_loss"] for r in history], [r["test_loss"] for r in history],
-                           [r["test_loss_mean"] for r in history])
-    if model.latent_dim == 2:
-        def decode(z):
-            return backend.to_numpy(model.decode(backend.to_device(z)))
+    with deferred_interrupts():  # a Ctrl-C inside matplotlib's drawing is raised after it
+        originals = trainer.test_x[:8]
+        plots.save_reconstructions(os.path.join(out, f"reconstruction_{epoch}.png"), backend.to_numpy(originals),
+                                   backend.to_numpy(model.reconstruct(originals)), image_shape)
+        plots.save_samples(os.path.join(out, f"sample_{epoch}.png"), backend.to_numpy(model.decode(trainer.fixed_z)),
+                           image_shape)
+        plots.save_loss_curves(os.path.join(out, "loss.png"), [r["epoch"] for r in history],
+                               [r["train_loss"] for r in history], [r["test_loss"] for r in history],
+                               [r["test_loss_mean"] for r in history])
+        if model.latent_dim == 2:
+            def decode(z):
+                return backend.to_numpy(model.decode(backend.to_device(z)))
 
-        plots.save_manifold(os.path.join(out, "manifold.png"), decode, image_shape)
-        means = backend.to_numpy(model.encode(trainer.test_x[:5000])[0])
-        labels = trainer.dataset.test_y[:5000] if trainer.dataset.test_y is not None else None
-        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels,
-                                  trainer.dataset.class_names)
+            plots.save_manifold(os.path.join(out, "manifold.png"), decode, image_shape)
+            means = backend.to_numpy(model.encode(trainer.test_x[:5000])[0])
+            labels = trainer.dataset.test_y[:5000] if trainer.dataset.test_y is not None else None
+            plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels,
+                                      trainer.dataset.class_names)
     save_checkpoint(os.path.join(out, CHECKPOINT_NAME), model, trainer.optimizer, epoch=epoch,
                     extra={"history": history, "settings": trainer.settings})
 

@@ -636,7 +636,7 @@ BAD_VALUES = [
     ({"edit_meta": _set(None, "epoch", -4)}, "epoch=-4 must be an integer >= 0"),
     ({"edit_meta": _set(None, "dtype", "float16")}, "dtype='float16' must be one of float32, float64"),
     ({"edit_meta": _set("config", "hidden", [8.5])}, "config: hidden=[8.5] holds 8.5"),
-    ({"edit_meta": _set("config", "variance", float("inf"))}, "config: variance=inf must be a finite number > 0"),
+    ({"edit_meta": _set("config", "variance", float("inf"))}, "config: variance=inf must be 'learned' or a finite number > 0"),
     ({"edit_meta": _set("config", "activation", "gelu")}, "config: activation='gelu' must be one of"),
     ({"edit_meta": lambda m: m["config"].pop("latent_dim")}, "config: latent_dim is missing"),
     ({"edit_meta": _set(None, "rng_state", [1, 2])}, "rng_state=[1, 2] must be an object"),

@@ -19,7 +19,7 @@ import pytest
 from tiny_data import cli_args, command_stderr_lines, write_dataset
 
 from minivae import evaluate, plots, train
-from minivae.interrupts import InterruptGuard, installed_guard
+from minivae.interrupts import InterruptGuard, deferred_interrupts, installed_guard, interrupt_guard
 
 REPEATS = 30  # a 1-in-10 race escapes 30 runs with probability 0.9^30 < 5 %
 
@@ -165,3 +165,16 @@ def test_the_guard_is_installed_only_for_the_commands():
     guard.raising = True
     with pytest.raises(KeyboardInterrupt):
         guard(signal.SIGINT, None)
+
+
+def test_an_interrupt_inside_deferred_interrupts_is_raised_when_the_block_ends(python_sigint):
+    """The pictures of an epoch run inside ``deferred_interrupts``: a Ctrl-C there waits for the block
+    (matplotlib's drawing state is never cut in the middle), then stops the run all the same."""
+    reached = []
+    with interrupt_guard():
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run by now; it only recorded the interrupt
+                reached.append("end of block")
+    assert reached == ["end of block"]

@@ -155,7 +155,7 @@ def test_training_lowers_the_loss(make_backend):
     ({"hidden": (5.9,)}, r"hidden=\(5.9,\) holds 5.9"),
     ({"n_samples": 2.7}, "n_samples=2.7 must be an integer"),
     ({"latent_dim": True}, "latent_dim=True must be an integer"),
-    ({"likelihood": "gaussian", "variance": float("inf")}, "variance=inf must be a finite number > 0"),
+    ({"likelihood": "gaussian", "variance": float("inf")}, "variance=inf must be 'learned' or a finite number > 0"),
     ({"likelihood": "poisson"}, "likelihood='poisson' must be one of bernoulli, gaussian"),
     ({"architecture": "resnet"}, "architecture='resnet' must be one of mlp, conv"),
     ({"architecture": "conv", "input_dim": 16, "image_shape": (4, 4), "channels": (2, 0)},
