@@ -38,7 +38,7 @@ class Bernoulli:
         is <= 0, so it never overflows, and it reuses the softplus the NLL needs.
         logits, x: (N, D) -> (nll (N,), dlogits (N, D)).
         """
-        if self.kernels is not None:  # the same formulas in one fused pass (CuPy)
+        if self.kernels is not None:  # the same formulas in one fused pass (minivae/kernels)
             nll_terms, dlogits = self.kernels.bernoulli_nll_and_grad(logits, x)
             return nll_terms.sum(axis=1), dlogits
         dtype = self.xp.result_type(logits.dtype, x.dtype)  # as the formulas on whole arrays would give

@@ -6,13 +6,12 @@ serialises into checkpoints.
 
 Speed: the parameters live in one flat ``ParameterBuffer`` (the model packs them at construction),
 so an update is a handful of in-place passes over a few flat arrays, not a handful per parameter
-(on a GPU each pass is one kernel). On the CPU the flat arrays are cut into one block per thread
-(``Backend.split_rows``), each block updated by its own thread: the update is elementwise, so the
-result does not depend on the number of threads. Measured on 2 CPU cores and not kept: cache-sized
-chunks (slower: per-call overhead dominates).
+(on a GPU each pass is one kernel). Where the backend has a fused kernel for the update (the CPU's,
+minivae/kernels/cpu.py) it does the same operations in one pass. On the CPU the flat arrays are cut
+into one block per thread (``Backend.split_rows``), each block updated by its own thread: the update
+is elementwise, so the result does not depend on the number of threads. Measured on 2 CPU cores and
+not kept: cache-sized chunks (slower: per-call overhead dominates).
 """
-
-import math
 
 from .layers import ParameterBuffer
 
@@ -23,6 +22,8 @@ class Optimizer:
 
     hyperparameter_names = ()
     moment_names = ()
+    scratch_arrays = 1  # flat arrays like the parameters, for ``_update``'s intermediate results
+    kernel_name = None  # the backend kernel that does ``_update`` in one pass, when it has one
 
     def __init__(self, parameters, backend=None):
         """parameters: a list of Parameters (``model.parameters()``); backend: needed only when
@@ -41,13 +42,18 @@ class Optimizer:
         self.step_count = 0
         self._flat_moments = {kind: self.xp.zeros_like(self.buffer.data) for kind in self.moment_names}
         self.moments = {kind: self.buffer.views(flat) for kind, flat in self._flat_moments.items()}
-        self._scratch = self.xp.empty_like(self.buffer.data)
+        self._scratch = [self.xp.empty_like(self.buffer.data) for _ in range(self.scratch_arrays)]
 
     def step(self):
-        """One update of every parameter from its current gradient: eq. (19) for Adam, eq. (20) for SGD."""
+        """One update of every parameter from its current gradient: eq. (19) for Adam, eq. (20) for SGD,
+        by the backend's fused kernel when it has one (one pass), else by ``_update`` (the reference)."""
         self.step_count += 1
         moments = [self._flat_moments[kind] for kind in self.moment_names]
-        self.backend.split_rows(self._update, self.buffer.data, self.buffer.grad, self._scratch, *moments)
+        fused = getattr(self.backend.kernels, self.kernel_name, None)
+        if fused is not None:
+            fused(self.buffer.data, self.buffer.grad, *moments, self.step_count, **self.hyperparameters())
+            return
+        self.backend.split_rows(self._update, self.buffer.data, self.buffer.grad, *self._scratch, *moments)
 
     def hyperparameters(self):
         return {name: getattr(self, name) for name in self.hyperparameter_names}
@@ -82,39 +88,35 @@ class Adam(Optimizer):
     """Adam with bias correction, as torch.optim.Adam (L2 weight decay added to the gradient)."""
 
     hyperparameter_names = ("lr", "beta1", "beta2", "eps", "weight_decay")
-    moment_names = ("m_sum", "v_sum")  # m = (1-b1) m_sum, v = (1-b2) v_sum: see _update
+    moment_names = ("m", "v")
+    scratch_arrays = 2
+    kernel_name = "adam_update"
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend=None):
         super().__init__(parameters, backend)
         self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
 
-    def _update(self, theta, g, tmp, m_sum, v_sum):
+    def _update(self, theta, g, tmp, tmp2, m, v):
         """Eq. (19): ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
         ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1-b1^t)``,
-        ``v_hat = v / (1-b2^t)``.
-
-        Stored as sums, ``m_sum = m / (1-b1)`` and ``v_sum = v / (1-b2)``, whose updates need no
-        multiply of g: ``m_sum <- b1 m_sum + g``, ``v_sum <- b2 v_sum + g^2``. Then with
-        ``a = (1-b1) / (1-b1^t)`` and ``c = sqrt((1-b2) / (1-b2^t))``, so that m_hat = a m_sum and
-        sqrt(v_hat) = c sqrt(v_sum): ``theta -= (lr a / c) * m_sum / (sqrt(v_sum) + eps / c)``.
-        Ten in-place passes over the flat arrays, with one scratch array.
-        """
-        t = self.step_count
-        a = (1 - self.beta1) / (1 - self.beta1 ** t)
-        c = math.sqrt((1 - self.beta2) / (1 - self.beta2 ** t))
-        xp = self.xp
+        ``v_hat = v / (1-b2^t)``. In place, through two scratch arrays."""
+        xp, t = self.xp, self.step_count
         if self.weight_decay:
             g = g + self.weight_decay * theta
-        m_sum *= self.beta1
-        m_sum += g
+        m *= self.beta1
+        xp.multiply(g, 1 - self.beta1, out=tmp)
+        m += tmp
+        v *= self.beta2
         xp.multiply(g, g, out=tmp)
-        v_sum *= self.beta2
-        v_sum += tmp
-        xp.sqrt(v_sum, out=tmp)
-        tmp += self.eps / c
-        xp.divide(m_sum, tmp, out=tmp)
-        tmp *= self.lr * a / c
-        theta -= tmp
+        tmp *= 1 - self.beta2
+        v += tmp
+        xp.divide(v, 1 - self.beta2 ** t, out=tmp)  # v_hat
+        xp.sqrt(tmp, out=tmp)
+        tmp += self.eps
+        xp.divide(m, 1 - self.beta1 ** t, out=tmp2)  # m_hat
+        tmp2 *= self.lr
+        tmp2 /= tmp
+        theta -= tmp2
 
 
 class SGD(Optimizer):
@@ -122,6 +124,7 @@ class SGD(Optimizer):
 
     hyperparameter_names = ("lr", "momentum", "weight_decay")
     moment_names = ("momentum_buffer",)
+    kernel_name = "sgd_update"
 
     def __init__(self, parameters, lr=1e-2, momentum=0.0, weight_decay=0.0, backend=None):
         super().__init__(parameters, backend)
