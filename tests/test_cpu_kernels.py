@@ -217,6 +217,41 @@ def test_training_steps_are_the_same_bits_on_1_and_3_threads_on_both_paths(monke
     np.testing.assert_allclose(fused[1], plain[1], rtol=0, atol=1e-5)
 
 
+# ------------------------------------------------- the gradient check sees the fused kernels
+
+def _halve_dlogvar(original):
+    def head_gradient(self, *args):
+        dmu, dlogvar = original(self, *args)
+        return dmu, dlogvar * 0.5
+
+    return head_gradient
+
+
+def _shift_dlogits(original):
+    def bernoulli_nll_and_grad(self, logits, x):
+        nll, dlogits = original(self, logits, x)
+        return nll, dlogits + 1e-3
+
+    return bernoulli_nll_and_grad
+
+
+@pytest.mark.parametrize("kernel, break_it, broken", [
+    ("head_gradient", _halve_dlogvar, {"encoder"}),
+    ("bernoulli_nll_and_grad", _shift_dlogits, {"encoder", "decoder"})])
+def test_the_gradient_check_fails_when_a_fused_kernel_is_broken(monkeypatch, capsys, kernel, break_it, broken):
+    """minivae-gradcheck on the default (fused) NumPy backend passes, and fails where a fused kernel's
+    gradient is broken: so the model's gradient checks, on that backend, check the kernels."""
+    from minivae.gradcheck import main
+
+    monkeypatch.delenv("MINIVAE_KERNELS", raising=False)
+    assert main([]) == 0
+    monkeypatch.setattr(cpu.CpuKernels, kernel, break_it(getattr(cpu.CpuKernels, kernel)))
+    capsys.readouterr()
+    assert main([]) == 1
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("encoder", "decoder"))]
+    assert {row[0].split(".")[0] for row in rows if row[-1] == "FAIL"} == broken
+
+
 # ------------------------------------------------------------------------------ choosing the path
 
 def test_minivae_kernels_plain_runs_the_plain_code_and_says_so(monkeypatch):
