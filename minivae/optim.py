@@ -13,6 +13,8 @@ is elementwise, so the result does not depend on the number of threads. Measured
 not kept: cache-sized chunks (slower: per-call overhead dominates).
 """
 
+import math
+
 from .layers import ParameterBuffer
 
 
@@ -22,7 +24,6 @@ class Optimizer:
 
     hyperparameter_names = ()
     moment_names = ()
-    scratch_arrays = 1  # flat arrays like the parameters, for ``_update``'s intermediate results
     kernel_name = None  # the backend kernel that does ``_update`` in one pass, when it has one
 
     def __init__(self, parameters, backend=None):
@@ -42,7 +43,7 @@ class Optimizer:
         self.step_count = 0
         self._flat_moments = {kind: self.xp.zeros_like(self.buffer.data) for kind in self.moment_names}
         self.moments = {kind: self.buffer.views(flat) for kind, flat in self._flat_moments.items()}
-        self._scratch = [self.xp.empty_like(self.buffer.data) for _ in range(self.scratch_arrays)]
+        self._scratch = self.xp.empty_like(self.buffer.data)
 
     def step(self):
         """One update of every parameter from its current gradient: eq. (19) for Adam, eq. (20) for SGD,
@@ -53,7 +54,7 @@ class Optimizer:
         if fused is not None:
             fused(self.buffer.data, self.buffer.grad, *moments, self.step_count, **self.hyperparameters())
             return
-        self.backend.split_rows(self._update, self.buffer.data, self.buffer.grad, *self._scratch, *moments)
+        self.backend.split_rows(self._update, self.buffer.data, self.buffer.grad, self._scratch, *moments)
 
     def hyperparameters(self):
         return {name: getattr(self, name) for name in self.hyperparameter_names}
@@ -89,17 +90,18 @@ class Adam(Optimizer):
 
     hyperparameter_names = ("lr", "beta1", "beta2", "eps", "weight_decay")
     moment_names = ("m", "v")
-    scratch_arrays = 2
     kernel_name = "adam_update"
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend=None):
         super().__init__(parameters, backend)
         self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
 
-    def _update(self, theta, g, tmp, tmp2, m, v):
+    def _update(self, theta, g, tmp, m, v):
         """Eq. (19): ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
         ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1-b1^t)``,
-        ``v_hat = v / (1-b2^t)``. In place, through two scratch arrays."""
+        ``v_hat = v / (1-b2^t)``; the corrections go into scalars, ``lr m_hat = (lr / (1-b1^t)) m``
+        and ``sqrt(v_hat) = sqrt(v) / sqrt(1-b2^t)``, as Kingma and Ba suggest (one division per
+        element, not three). In place, through one scratch array."""
         xp, t = self.xp, self.step_count
         if self.weight_decay:
             g = g + self.weight_decay * theta
@@ -110,13 +112,12 @@ class Adam(Optimizer):
         xp.multiply(g, g, out=tmp)
         tmp *= 1 - self.beta2
         v += tmp
-        xp.divide(v, 1 - self.beta2 ** t, out=tmp)  # v_hat
-        xp.sqrt(tmp, out=tmp)
-        tmp += self.eps
-        xp.divide(m, 1 - self.beta1 ** t, out=tmp2)  # m_hat
-        tmp2 *= self.lr
-        tmp2 /= tmp
-        theta -= tmp2
+        xp.sqrt(v, out=tmp)
+        tmp *= 1 / math.sqrt(1 - self.beta2 ** t)
+        tmp += self.eps  # sqrt(v_hat) + eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= self.lr / (1 - self.beta1 ** t)
+        theta -= tmp
 
 
 class SGD(Optimizer):

@@ -34,12 +34,12 @@ _JIT = dict(nogil=True, cache=True, error_model="numpy")
 # ------------------------------------------------------------------------------ optimizer updates
 
 @numba.njit(**_JIT)
-def _adam(theta, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2, correction1, correction2, eps,
-          weight_decay):
-    """Eq. (19), per element, in the operation order of ``Adam._update``:
-    ``g <- g + wd theta``; ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
-    ``theta <- theta - lr m_hat / (sqrt(v_hat) + eps)``, ``m_hat = m / (1-b1^t)``, ``v_hat = v / (1-b2^t)``.
-    Scalars come in the arrays' dtype, as NumPy casts them."""
+def _adam(theta, g, m, v, beta1, beta2, one_minus_beta1, one_minus_beta2, inverse_sqrt_correction2, step_size,
+          eps, weight_decay):
+    """Eq. (19), per element, in the operation order of ``Adam._update``: ``g <- g + wd theta``;
+    ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``; ``theta <- theta - lr m_hat / (sqrt(v_hat) + eps)``
+    as ``theta - m / (sqrt(v) / sqrt(1-b2^t) + eps) * (lr / (1-b1^t))``. Scalars come in the arrays'
+    dtype, as NumPy casts them."""
     for i in range(theta.shape[0]):
         gi = g[i]
         if weight_decay != 0:
@@ -48,7 +48,7 @@ def _adam(theta, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2, co
         vi = v[i] * beta2 + gi * gi * one_minus_beta2
         m[i] = mi
         v[i] = vi
-        theta[i] -= mi / correction1 * lr / (np.sqrt(vi / correction2) + eps)
+        theta[i] -= mi / (np.sqrt(vi) * inverse_sqrt_correction2 + eps) * step_size
 
 
 @numba.njit(**_JIT)
@@ -318,8 +318,8 @@ class CpuKernels:
     def adam_update(self, theta, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         """Eq. (19) at step ``step`` on flat arrays, in place: theta, m and v are updated."""
         real = theta.dtype.type
-        scalars = [real(value) for value in (lr, beta1, beta2, 1 - beta1, 1 - beta2, 1 - beta1 ** step,
-                                             1 - beta2 ** step, eps, weight_decay)]
+        scalars = [real(value) for value in (beta1, beta2, 1 - beta1, 1 - beta2, 1 / math.sqrt(1 - beta2 ** step),
+                                             lr / (1 - beta1 ** step), eps, weight_decay)]
         self.row_threads.run(lambda *blocks: _adam(*blocks, *scalars), theta, g, m, v)
 
     def sgd_update(self, theta, g, buf, step, lr, momentum, weight_decay):
