@@ -127,6 +127,8 @@ def test_bernoulli_kernel_matches_the_plain_code(dtype, scale):
     terms_scale = (np.logaddexp(0, np.abs(logits.astype(np.float64))) + np.abs(x * logits)).sum(axis=1)
     _close(nll_fused, nll_plain, terms_scale, dtype)
     _close(dlogits_fused, dlogits_plain, 1 + np.abs(logits), dtype)
+    assert np.array_equal(Bernoulli(fused).nll(logits, x), nll_fused)  # the NLL alone: the same operations
+    _close(Bernoulli(plain).nll(logits, x), nll_plain, terms_scale, dtype)
     truth = scipy.special.expit(logits.astype(np.longdouble)) - x
     assert (np.abs(dlogits_fused - truth) <= 2 * np.finfo(dtype).eps).all()
 
@@ -146,6 +148,7 @@ def test_bernoulli_kernel_at_extreme_and_non_finite_logits(dtype):
             scale = np.where(np.isfinite(l[:, 0]), np.abs(l[:, 0]) + 1, np.inf)
         _close(nll_fused, nll_plain, scale, dtype)
         _close(d_fused, d_plain, scale[:, None], dtype)
+        assert np.array_equal(Bernoulli(fused).nll(l, xs), nll_fused, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -205,23 +205,38 @@ def _log1p_unit(e, c):
 
 
 @numba.njit(inline="always", **_JIT)
+def _softplus(l, c):
+    """(softplus(l), e) with e = exp(-|l|) in [0, 1]: ``softplus(l) = (l + |l|)/2 + log1p(e)``, as
+    ``Bernoulli._softplus`` writes it."""
+    a = abs(l)
+    e = _exp_minus(a, c)
+    return (l + a) * c.half + _log1p_unit(e, c), e
+
+
+@numba.njit(inline="always", **_JIT)
 def _bernoulli(logits, x, nll, dlogits, c):
-    """Eq. (8) and (10) for rows of logits and x (N, D), into nll (N, 1) and dlogits (N, D), with
-    e = exp(-|l|) in [0, 1]:
-    ``softplus(l) = (l + |l|)/2 + log1p(e)`` (``Bernoulli._softplus``); ``nll = sum_d softplus - x l``;
-    ``sigmoid(l) = 1/(1 + e)`` for l >= 0, ``e/(1 + e)`` for l < 0 (no overflow either way);
-    ``dlogits = sigmoid(l) - x``, plus ``softplus - softplus`` (0, or NaN where l is not finite, as
-    the plain code's exp(l - softplus) gives)."""
+    """Eq. (8) and (10) for rows of logits and x (N, D), into nll (N, 1) and dlogits (N, D):
+    ``nll = sum_d softplus(l) - x l``; ``sigmoid(l) = 1/(1 + e)`` for l >= 0, ``e/(1 + e)`` for l < 0
+    (no overflow either way); ``dlogits = sigmoid(l) - x``, plus ``softplus - softplus`` (0, or NaN
+    where l is not finite, as the plain code's exp(l - softplus) gives)."""
     terms = np.empty(logits.shape[1], logits.dtype)
     for i in range(logits.shape[0]):
         for j in range(logits.shape[1]):
             l, xij = logits[i, j], x[i, j]
-            a = abs(l)
-            e = _exp_minus(a, c)
-            softplus = (l + a) * c.half + _log1p_unit(e, c)
+            softplus, e = _softplus(l, c)
             terms[j] = softplus - xij * l
             sigmoid = (c.one if l >= c.zero else e) / (c.one + e)
             dlogits[i, j] = sigmoid - xij + (softplus - softplus)
+        nll[i, 0] = _row_sum(terms)
+
+
+@numba.njit(inline="always", **_JIT)
+def _bernoulli_nll(logits, x, nll, c):
+    """Eq. (8) alone (for evaluation: no gradient): ``nll = sum_d softplus(l) - x l`` into nll (N, 1)."""
+    terms = np.empty(logits.shape[1], logits.dtype)
+    for i in range(logits.shape[0]):
+        for j in range(logits.shape[1]):
+            terms[j] = _softplus(logits[i, j], c)[0] - x[i, j] * logits[i, j]
         nll[i, 0] = _row_sum(terms)
 
 
@@ -235,7 +250,18 @@ def _bernoulli_float64(logits, x, nll, dlogits):
     _bernoulli(logits, x, nll, dlogits, _FLOAT64)
 
 
+@numba.njit(**_JIT)
+def _bernoulli_nll_float32(logits, x, nll):
+    _bernoulli_nll(logits, x, nll, _FLOAT32)
+
+
+@numba.njit(**_JIT)
+def _bernoulli_nll_float64(logits, x, nll):
+    _bernoulli_nll(logits, x, nll, _FLOAT64)
+
+
 _BERNOULLI = {np.dtype(np.float32): _bernoulli_float32, np.dtype(np.float64): _bernoulli_float64}
+_BERNOULLI_NLL = {np.dtype(np.float32): _bernoulli_nll_float32, np.dtype(np.float64): _bernoulli_nll_float64}
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
@@ -265,9 +291,10 @@ def _common_dtype(*arrays):
 class CpuKernels:
     """The fused kernels of a NumPy backend, run on its row threads (``row_threads``).
 
-    The first four have the names, arguments and results of the CuPy kernels, except that the
-    CPU's sums over a row are done in the same pass: ``bernoulli_nll_and_grad`` and ``kl_terms``
-    give each row's total as an (N, 1) column, whose sum over axis 1 (the caller's) is itself.
+    ``bernoulli_nll_and_grad``, ``reparameterize``, ``kl_terms`` and ``head_gradient`` have the
+    names, arguments and results of the CuPy kernels, except that the CPU's sums over a row are done
+    in the same pass: ``bernoulli_nll_and_grad`` and ``kl_terms`` (and ``bernoulli_nll``) give each
+    row's total as an (N, 1) column, whose sum over axis 1 (the caller's) is itself.
     """
 
     def __init__(self, row_threads):
@@ -280,6 +307,13 @@ class CpuKernels:
         dlogits = np.empty(logits.shape, logits.dtype)
         self.row_threads.run(_BERNOULLI[logits.dtype], logits, x, nll, dlogits)
         return nll, dlogits
+
+    def bernoulli_nll(self, logits, x):
+        """Eq. (8) alone: logits, x (N, D) -> nll (N, 1) (CPU only: the evaluation's forward pass)."""
+        logits, x = _common_dtype(logits, x)
+        nll = np.empty((logits.shape[0], 1), logits.dtype)
+        self.row_threads.run(_BERNOULLI_NLL[logits.dtype], logits, x, nll)
+        return nll
 
     def reparameterize(self, mu, logvar, eps):
         """Eq. (5): mu, logvar (B, J), eps (L, B, J) -> z (L, B, J)."""
