@@ -603,34 +603,52 @@ def profile_numpy_epoch(host_x, args, top=25):
 
 # ---------------------------------------------------------------- whole CLI epochs and start-up
 
-def run_process(argv, env):
-    """Run a command to its end; (wall seconds, its own peak RSS in MiB or None). Raises on failure."""
-    start = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if hasattr(os, "wait4"):
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not every child's maximum
-        process.returncode = os.waitstatus_to_exitcode(status)
-        rss = usage.ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
-    else:
-        process.wait()
-        rss = None
-    seconds = time.perf_counter() - start
-    error = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({process.returncode}):\n{error}")
-    return seconds, rss
+PEAK_RSS_WRAPPER = """
+import atexit, os, runpy, sys
+
+def report():  # VmHWM: the peak RSS of this process's own memory since its exec (Linux)
+    try:
+        with open("/proc/self/status") as status:
+            peak = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+    except OSError:
+        peak = []
+    with open(os.environ["BENCH_PEAK_RSS_FILE"], "w") as out:
+        out.write(peak[0] if peak else "")
+
+atexit.register(report)
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target.endswith(".py"):
+    runpy.run_path(target, run_name="__main__")
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_python(target, arguments, env):
+    """Run a module (``-m`` style) or a script in a new Python to its end; (wall seconds, its peak RSS
+    in MiB or None). The peak is read inside the child (``PEAK_RSS_WRAPPER``): the rusage a parent
+    gets for a child counts the parent's own memory too where the child was started by vfork."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, target, *arguments],
+                                env={**env, "BENCH_PEAK_RSS_FILE": rss_file.name},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{target} {' '.join(arguments)} failed ({result.returncode}):\n{result.stderr}")
+        peak = rss_file.read().strip()
+    return seconds, int(peak) / 1024 if peak else None
 
 
 def cli_commands(args, epochs, out):
-    """{row name: (argv, extra environment)} for ``epochs`` epochs of each whole-epoch row."""
-    train = [sys.executable, "-m", "minivae.train", "--dataset", "fashion-mnist", "--data-dir", args.data_dir,
-               "--epochs", str(epochs), "--seed", "1", "--quiet", "--out"]
+    """{row name: (target, arguments, extra environment)} for ``epochs`` epochs of each whole-epoch row."""
+    train = ["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(epochs), "--seed", "1",
+             "--quiet", "--out"]
     return {
-        "minivae fused": (train + [os.path.join(out, "fused")], {"MINIVAE_KERNELS": "fused"}),
-        "minivae plain": (train + [os.path.join(out, "plain")], {"MINIVAE_KERNELS": "plain"}),
-        "torch example": ([sys.executable, os.path.join(HERE, "torch_reference.py"), "--data-dir", args.data_dir,
-                           "--epochs", str(epochs), "--threads", str(args.threads)], {}),
+        "minivae fused": ("minivae.train", train + [os.path.join(out, "fused")], {"MINIVAE_KERNELS": "fused"}),
+        "minivae plain": ("minivae.train", train + [os.path.join(out, "plain")], {"MINIVAE_KERNELS": "plain"}),
+        "torch example": (os.path.join(HERE, "torch_reference.py"),
+                          ["--data-dir", args.data_dir, "--epochs", str(epochs), "--threads", str(args.threads)], {}),
     }
 
 
@@ -650,8 +668,8 @@ def time_cli_epochs(args):
         for epochs in (1, 1 + k):
             out = tempfile.mkdtemp(prefix="bench_cli_")
             try:
-                for name, (argv, extra) in cli_commands(args, epochs, out).items():
-                    seconds, rss = run_process(argv, {**env, **extra})
+                for name, (target, arguments, extra) in cli_commands(args, epochs, out).items():
+                    seconds, rss = run_python(target, arguments, {**env, **extra})
                     results.setdefault(name, {}).setdefault(epochs, []).append((seconds, rss))
             finally:
                 shutil.rmtree(out, ignore_errors=True)
@@ -677,8 +695,6 @@ def time_cli_epochs(args):
 
 
 STARTUP_CODE = """
-import time
-start = time.perf_counter()
 import minivae
 from minivae.backend import numpy_backend
 from minivae.model import VAE
@@ -688,7 +704,6 @@ model = VAE(backend=backend)
 optimizer = Adam(model.parameters())
 model.loss_and_backward(backend.uniform((128, 784)))
 optimizer.step()
-print(time.perf_counter() - start)
 """
 
 
@@ -698,24 +713,28 @@ def time_startup(args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(HERE),
                                                                       os.environ.get("PYTHONPATH")]))}
     results = {"plain": [], "fused, compiling": [], "fused, cached": []}
+    startup_script = os.path.join(tempfile.mkdtemp(prefix="bench_startup_"), "first_step.py")
+    with open(startup_script, "w") as script:
+        script.write(STARTUP_CODE)
     for repeat in range(args.repeats):
         cache = tempfile.mkdtemp(prefix="bench_numba_cache_")
         try:
             for name, extra in (("plain", {"MINIVAE_KERNELS": "plain"}),
                                 ("fused, compiling", {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache}),
                                 ("fused, cached", {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache})):
-                results[name].append(run_process([sys.executable, "-W", "ignore", "-c", STARTUP_CODE],
-                                                 {**env, **extra}))
+                results[name].append(run_python(startup_script, [], {**env, **extra, "PYTHONWARNINGS": "ignore"}))
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         print(f"  round {repeat + 1}: " + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in results.items()), flush=True)
+    shutil.rmtree(os.path.dirname(startup_script), ignore_errors=True)
     plain = [seconds for seconds, _ in results["plain"]]
     body = []
     for name, runs in results.items():
         seconds = [s for s, _ in runs]
         added = [a - b for a, b in zip(seconds, plain)]
+        peaks = [rss for _, rss in runs if rss is not None]
         body.append([name, spread(seconds), spread(added) if name != "plain" else "-",
-                     f"{max(r for _, r in runs if r is not None):.0f}"])
+                     f"{max(peaks):.0f}" if peaks else "-"])
     print(f"\nprocess start to the end of the first training step (default model, batch 128), {args.repeats} "
           f"rounds, median (min-max) in seconds; 'added' is paired with the plain run of the same round")
     print(markdown_table(["run", "seconds", "added to plain", "peak RSS MiB"], body))
