@@ -36,6 +36,12 @@ as ``python -m minivae.train`` does, so that the OPENBLAS_THREAD_TIMEOUT it sets
     python benchmarks/bench_epoch.py --profile                # cProfile of a numpy float32 epoch
     python benchmarks/bench_epoch.py --cli --repeats 3        # whole CLI epochs, minivae and PyTorch
     python benchmarks/bench_epoch.py --startup --repeats 5    # start-up: plain, compiling, cached
+    python benchmarks/bench_epoch.py --architecture conv      # the conv VAE against the same network in PyTorch
+
+``--architecture conv`` times the conv VAE (minivae/conv.py: 1 -> 32 -> 64 channels, stride-2 4x4
+convolutions, a Linear head; the decoder mirrors it) on numpy float32 against the same network in
+PyTorch eager (``conv_torch_model``), interleaved, same threads, and reports the share of a minivae
+epoch spent in im2col / col2im (from cProfile of one more pass).
 """
 
 import argparse
@@ -739,6 +745,115 @@ def time_startup(args):
           f"rounds, median (min-max) in seconds; 'added' is paired with the plain run of the same round")
     print(markdown_table(["run", "seconds", "added to plain", "peak RSS MiB"], body))
     return 0
+# ---------------------------------------------------------------------------------- conv rows
+
+IMAGE_SHAPE, CONV_CHANNELS = (28, 28), (32, 64)
+
+
+def conv_torch_model(torch):
+    """The conv VAE of minivae/conv.py in PyTorch: same layers, shapes, init and loss (logits + BCE)."""
+    nn = torch.nn
+    (height, width), (c1, c2) = IMAGE_SHAPE, CONV_CHANNELS
+    features = c2 * (height // 4) * (width // 4)
+
+    class ConvVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(
+                nn.Unflatten(1, (1, height, width)), nn.Conv2d(1, c1, 4, 2, 1), nn.ReLU(), nn.Conv2d(c1, c2, 4, 2, 1),
+                nn.ReLU(), nn.Flatten(), nn.Linear(features, 2 * LATENT))
+            self.decoder = nn.Sequential(
+                nn.Linear(LATENT, features), nn.ReLU(), nn.Unflatten(1, (c2, height // 4, width // 4)),
+                nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(c1, 1, 4, 2, 1), nn.Flatten())
+
+        def forward(self, x):
+            mu, logvar = self.encoder(x).chunk(2, dim=1)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return self.decoder(z), mu, logvar
+
+    return ConvVAE()
+
+
+def conv_torch_loss(torch):
+    functional = torch.nn.functional
+
+    def loss(logits, x, mu, logvar):
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return functional.binary_cross_entropy_with_logits(logits, x, reduction="sum") + kl
+
+    return loss
+
+
+def setup_conv(name, batch_size, host_x, args):
+    """A warmed-up Bench for the conv VAE: minivae on numpy float32, or PyTorch eager."""
+    if name == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        model = conv_torch_model(torch)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x, loss = torch.from_numpy(host_x), conv_torch_loss(torch)
+        bench = Bench("torch conv", "float32", batch_size, lambda s: torch_epoch(model, optimizer, x, s, torch, loss))
+    else:
+        backend = get_backend("numpy", dtype="float32", seed=args.seed)
+        model = conv_vae(backend)
+        optimizer = Adam(model.parameters(), lr=1e-3)
+        x = backend.to_device(host_x)
+        bench = Bench("numpy conv", "float32", batch_size, lambda s: minivae_epoch(model, optimizer, backend, x, s))
+    bench.slices, bench.timed_samples = batch_slices(N_SAMPLES, batch_size, args.epochs_fraction)
+    bench.epoch(bench.slices[:args.warmup_steps])
+    return bench
+
+
+def conv_vae(backend):
+    return VAE(input_dim=INPUT_DIM, latent_dim=LATENT, architecture="conv", image_shape=IMAGE_SHAPE,
+               channels=CONV_CHANNELS, backend=backend)
+
+
+def im2col_share(host_x, args):
+    """(share of a profiled minivae conv pass spent in im2col and col2im, seconds of that pass)."""
+    backend = get_backend("numpy", dtype="float32", seed=args.seed)
+    model = conv_vae(backend)
+    optimizer, x = Adam(model.parameters(), lr=1e-3), backend.to_device(host_x)
+    slices, _ = batch_slices(N_SAMPLES, args.batch_size[0], args.epochs_fraction)
+    minivae_epoch(model, optimizer, backend, x, slices[:args.warmup_steps])
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    minivae_epoch(model, optimizer, backend, x, slices)
+    profiler.disable()
+    elapsed = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, ncalls, tottime, cumtime, callers)}
+    copies = sum(v[3] for (file, _, name), v in stats.items() if name in ("im2col", "col2im") and "conv" in file)
+    return copies / elapsed, elapsed
+
+
+def run_conv(host_x, args):
+    """The conv rows: minivae numpy float32 and PyTorch eager, interleaved repeats, x torch."""
+    names = ["numpy"] + (["torch"] if torch_version() is not None else [])
+    if len(names) == 1:
+        print("skipping torch: `import torch` failed (pip install torch==2.13.0)")
+    benches = [setup_conv(name, b, host_x, args) for b in args.batch_size for name in names]
+    for repeat in range(args.repeats):
+        time_round(benches)
+        print(f"  round {repeat + 1}: " + ", ".join(
+            f"{b.row['backend']} {b.row['batch']}: {b.row['seconds_each'][-1]:.2f} s" for b in benches), flush=True)
+    rows = [b.row for b in benches]
+    torch_seconds = {r["batch"]: statistics.median(r["seconds_each"]) for r in rows if r["backend"] == "torch conv"}
+    body = []
+    for r in rows:
+        seconds = statistics.median(r["seconds_each"])
+        r["ratio_to_torch"] = seconds / torch_seconds[r["batch"]] if r["batch"] in torch_seconds else None
+        body.append([r["backend"], r["dtype"], r["batch"], f"{seconds:.2f}", f"{min(r['seconds_each']):.2f}",
+                     f"{N_SAMPLES / seconds:,.0f}", f"{r['ratio_to_torch']:.2f}" if r["ratio_to_torch"] else "-",
+                     f"{r['loss_per_sample']:.2f}"])
+    print("\n" + markdown_table(["model", "dtype", "batch", "s/epoch", "min s", "samples/s", "x torch",
+                                 "loss/sample"], body))
+    share, elapsed = im2col_share(host_x, args)
+    print(f"\nim2col + col2im: {100 * share:.0f}% of a profiled minivae conv pass ({elapsed:.1f} s under cProfile)")
+    print(f"load average at the end: {load_average()}")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -769,6 +884,8 @@ def parse_args(argv=None):
                         help="with --cli: the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist)")
     parser.add_argument("--startup", action="store_true",
                         help="only time start-up to the first training step: plain, fused compiling, fused cached")
+    parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
+                        help="conv: only the conv VAE rows, minivae numpy float32 against PyTorch (default: mlp)")
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or [128]
     if not 0 < args.epochs_fraction <= 1:
@@ -785,19 +902,22 @@ def make_data(seed, n_samples=N_SAMPLES, dim=INPUT_DIM):
 
 def main(argv=None):
     args = parse_args(argv)
-    host_x = make_data(args.seed)
-    if args.profile:
-        profile_numpy_epoch(host_x, args)
-        return 0
     warn_about_forced_blas_kernels()
     if args.cli:
         return time_cli_epochs(args)
     if args.startup:
         return time_startup(args)
+    host_x = make_data(args.seed)
+    if args.profile:
+        profile_numpy_epoch(host_x, args)
+        return 0
     info = machine_info(args.threads, torch_version())
     print(f"{info['cpu']}, {info['cores']} cores, {args.threads} threads; python {info['python']}, "
           f"numpy {info['numpy']} ({info['blas']}, kernel {info['blas_kernel']}), torch {info['torch']}; "
           f"load average {load_average()} (anything else running skews the timings)")
+    if args.architecture == "conv":
+        run_conv(host_x, args)
+        return 0
     changed = info["minivae_files_changed"]
     print(f"minivae at {info['minivae_git']}, " + (f"with uncommitted changes in {' '.join(changed)}"
                                                   if changed else "no uncommitted changes in minivae/"))

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# One command for a machine with an NVIDIA GPU and CuPy: the CuPy test subset, a CuPy-vs-NumPy
-# training comparison on the same weights, data and noise, and the GPU benchmark table.
+# One command for a machine with an NVIDIA GPU and CuPy: the CuPy test subset (every fused kernel of
+# minivae/kernels/cuda.py against the plain code it replaces, every backend-parametrized test body),
+# the CUDA source CuPy compiled for each kernel against the one the NVRTC checks of CI compile, those
+# checks themselves (cuda_check/), a CuPy-vs-NumPy training comparison on the same weights, data and
+# noise, and the GPU benchmark table.
 # It installs nothing: it uses the Python it finds and says what is missing.
 #
 #   bash benchmarks/gpu_check.sh
@@ -27,6 +30,10 @@ fi
 status=0
 echo "== CuPy tests (every backend-parametrized test body, on cupy) =="
 "$python" -m pytest -q -p no:cacheprovider tests -k "cupy" || status=1
+echo "== The CUDA source CuPy compiled for each kernel is the one CI compiles with NVRTC =="
+"$python" cuda_check/kernel_source.py || status=1
+echo "== CI's checks of the GPU path without a GPU (NVRTC compiles, CuPy calls exist) =="
+"$python" -m pytest -q -p no:cacheprovider cuda_check || status=1
 echo "== CuPy vs NumPy training on the same weights, data and noise =="
 "$python" benchmarks/compare_backends.py --backend cupy --steps 300 || status=1
 echo "== GPU benchmark =="

@@ -85,3 +85,9 @@ def write_frey_like(folder, count=1965, seed=0):
     images = to_uint8(frey_like_faces(count, seed))
     scipy.io.savemat(os.path.join(folder, FREY_FILE), {"ff": images.reshape(count, -1).T})
     return folder
+
+
+def network_flags(architecture, hidden):
+    """The training flags that choose the network: ``--hidden`` for the MLP, ``--architecture conv``
+    (which has no hidden width) for the convolutional VAE."""
+    return ["--architecture", "conv"] if architecture == "conv" else ["--hidden", str(hidden)]

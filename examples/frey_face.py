@@ -33,7 +33,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
-from example_data import FREY_FILE, write_frey_like
+from example_data import FREY_FILE, network_flags, write_frey_like
 
 from minivae import evaluate, train
 from minivae.data import DATASETS, load_dataset
@@ -50,6 +50,8 @@ def build_parser():
                         help="fixed variance of the Gaussian decoder, for pixels in [0, 1] (default: 0.01)")
     parser.add_argument("--iw-samples", type=int, default=5000, help="K for the evaluation (default: 5000)")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
+    parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
+                        help="mlp, or conv: the convolutional VAE (default: mlp)")
     parser.add_argument("--synthetic", action="store_true",
                         help=f"made-up Frey-like faces in OUT/data/{FREY_FILE} instead of the real file")
     parser.add_argument("--quick", action="store_true",
@@ -78,8 +80,8 @@ def main(argv=None):
               f"or run with --synthetic to try the pipeline on made-up faces.", file=sys.stderr)
         return 1
     epochs, iw_samples = (2, 100) if args.quick else (args.epochs, args.iw_samples)
-    argv = ["--dataset", "frey", "--likelihood", "gaussian", "--variance", str(args.variance), "--hidden", "200",
-            "--batch-size", "100", "--latent-dim", str(args.latent_dim), "--epochs", str(epochs),
+    argv = ["--dataset", "frey", "--likelihood", "gaussian", "--variance", str(args.variance),
+            *network_flags(args.architecture, 200), "--batch-size", "100", "--latent-dim", str(args.latent_dim), "--epochs", str(epochs),
             "--out", args.out, "--backend", args.backend, "--no-progress"]
     status = train.main(argv + (["--data-dir", data_dir] if data_dir else []))
     if status != 0:

@@ -30,7 +30,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
 
 import numpy as np
 
-from example_data import write_blobs, write_subset
+from example_data import network_flags, write_blobs, write_subset
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -55,6 +55,8 @@ def build_parser():
                         help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
+    parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
+                        help="mlp, or conv: the convolutional VAE (default: mlp)")
     parser.add_argument("--quick", action="store_true",
                         help="made-up 16x16 blob images, sizes 2 and 5, a small net: seconds")
     return parser
@@ -86,9 +88,9 @@ def train_run(args, data_dir, latent_dim):
     argv = ["--data-dir", data_dir, "--out", out, "--latent-dim", str(latent_dim), "--backend", args.backend,
             "--no-progress"]
     if args.quick:
-        argv += ["--epochs", "1", "--hidden", "32", "--batch-size", "32"]
+        argv += ["--epochs", "1", *network_flags(args.architecture, 32), "--batch-size", "32"]
     else:
-        argv += ["--epochs", str(args.epochs)]
+        argv += ["--epochs", str(args.epochs)] + (["--architecture", "conv"] if args.architecture == "conv" else [])
     if train.main(argv) != 0:
         raise MinivaeError(f"the run with latent size {latent_dim} failed (see above)")
     return out

@@ -26,7 +26,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
-from example_data import write_blobs
+from example_data import network_flags, write_blobs
 
 from minivae import train
 from minivae.data import DATASETS
@@ -41,6 +41,8 @@ def build_parser():
                         help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
+    parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
+                        help="mlp, or conv: the convolutional VAE (default: mlp)")
     parser.add_argument("--quick", action="store_true",
                         help="a made-up dataset of 16x16 blob images and one epoch of a small net: seconds")
     return parser
@@ -51,8 +53,10 @@ def train_arguments(args):
     argv = ["--latent-dim", "2", "--out", args.out, "--backend", args.backend, "--no-progress"]
     if args.quick:
         data = write_blobs(os.path.join(args.out, "data"))
-        return argv + ["--epochs", "1", "--hidden", "64", "--batch-size", "32", "--data-dir", data]
+        return argv + ["--epochs", "1", *network_flags(args.architecture, 64), "--batch-size", "32", "--data-dir", data]
     argv += ["--epochs", str(args.epochs)]
+    if args.architecture == "conv":
+        argv += ["--architecture", "conv"]
     if args.dataset:
         argv += ["--dataset", args.dataset]
     if args.data_dir:

@@ -1,7 +1,7 @@
 """Trace every number of one forward and backward pass of a tiny VAE, to follow (or redo) by hand.
 
-The VAE is 4-3-2-3-4 (input 4, hidden 3, latent 2, ReLU, Bernoulli likelihood), in float64, on one
-data point, with the noise eps held fixed. The script calls the library's own layers and functions
+The VAE is D-H-J-H-D (by default 4-3-2-3-4: input 4, hidden 3, latent 2; ReLU, Bernoulli likelihood),
+in float64, on one data point, with the noise eps held fixed. The script calls the library's own layers and functions
 one step at a time, in the order of section 13 of docs/derivation.md, and prints every intermediate
 array, each labelled with the equation that defines it there. Beside each parameter gradient it
 prints the central finite difference of eq. (24) and the relative error between the two.
@@ -14,10 +14,18 @@ Run it from the repository root:
 
     python examples/trace_gradients.py
 
-Every number is printed with 6 significant digits, so any line can be recomputed by hand (or in a
+Other sizes and values: ``--dims D H J``, the data point ``--x`` (D numbers), the noise ``--eps``
+(J numbers), the seed of the initialisation ``--seed``, and any parameter set by hand with
+``--set NAME=v1,v2,...`` (NAME one of W1 b1 W2 b2 W3 b3 W4 b4, the values in row-major order). The
+worked example of section 12 of docs/derivation.md is one such run, on a one-unit network:
+
+    python examples/trace_gradients.py --dims 1 1 1 --x 1 --eps 1 --set W1=0.5 --set b1=0.5 ...
+
+(the whole command is in section 12). Every number is printed with 6 significant digits, so any line can be recomputed by hand (or in a
 Python prompt) from the lines above it to about 5 digits.
 """
 
+import argparse
 import pathlib
 import sys
 
@@ -34,9 +42,48 @@ from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, summarize
 from minivae.model import VAE
 
 SEED = 21  # weights where 2 of the 3 ReLU units are on in each hidden layer, none near the kink at 0
-X = np.array([[1.0, 0.0, 1.0, 1.0]])  # one binary data point, shape (B, D) = (1, 4)
-EPS = np.array([[0.5, -1.2]])  # the fixed noise, shape (B, J) = (1, 2)
+DIMS = (4, 3, 2)  # D, H, J
+X = (1.0, 0.0, 1.0, 1.0)  # one binary data point, D numbers
+EPS = (0.5, -1.2)  # the fixed noise, J numbers
+PARAMETER_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4")  # in the order of model.parameters()
 LABEL_WIDTH = 50
+
+
+def parse_setting(text):
+    """``NAME=v1,v2,...`` -> (NAME, [v1, v2, ...]) for ``--set``."""
+    name, sep, values = text.partition("=")
+    if not sep or name not in PARAMETER_NAMES:
+        raise argparse.ArgumentTypeError(f"expected NAME=v1,v2,... with NAME one of {' '.join(PARAMETER_NAMES)}, "
+                                         f"got {text!r}")
+    try:
+        return name, [float(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected comma-separated numbers, got {values!r}") from None
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Print every number of one forward and backward pass of a "
+                                                 "tiny VAE, with the equation of docs/derivation.md for each.")
+    parser.add_argument("--dims", nargs=3, type=int, default=DIMS, metavar=("D", "H", "J"),
+                        help="input, hidden and latent size (default: %(default)s)")
+    parser.add_argument("--x", nargs="+", type=float, default=X, help="the data point, D numbers in [0, 1]")
+    parser.add_argument("--eps", nargs="+", type=float, default=EPS, help="the fixed noise, J numbers")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the PyTorch-style initialisation")
+    parser.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
+                        metavar="NAME=v1,v2,...", help="set a parameter by hand (row-major), e.g. W2=1,0.5")
+    args = parser.parse_args(argv)
+    d, h, j = args.dims
+    if min(args.dims) < 1:
+        parser.error(f"--dims: every size must be >= 1, got {d} {h} {j}")
+    if len(args.x) != d:
+        parser.error(f"--x: expected D = {d} numbers, got {len(args.x)}")
+    if len(args.eps) != j:
+        parser.error(f"--eps: expected J = {j} numbers, got {len(args.eps)}")
+    sizes = dict(zip(PARAMETER_NAMES, (d * h, h, h * 2 * j, 2 * j, j * h, h, h * d, d)))
+    for name, values in args.settings:
+        if len(values) != sizes[name]:
+            parser.error(f"--set {name}: expected {sizes[name]} numbers for dims {d} {h} {j}, got {len(values)}")
+    return args
 
 
 def fmt(array):
@@ -64,18 +111,25 @@ def show_gradient(label, equation, analytic, row):
     print(f"    rel. error {row.error:.2e}  {'ok' if row.ok else 'FAIL'}")
 
 
-def main():
-    backend = numpy_backend("float64", seed=SEED)
+def main(argv=None):
+    args = parse_args(argv)
+    d, h, J = args.dims
+    backend = numpy_backend("float64", seed=args.seed)
     xp = backend.xp
-    model = VAE(4, (3,), 2, activation="relu", likelihood="bernoulli", backend=backend)
+    model = VAE(d, (h,), J, activation="relu", likelihood="bernoulli", backend=backend)
     linear1, relu1, head = model.encoder.layers  # encoder.0, encoder.1, encoder.2
     linear3, relu3, linear4 = model.decoder.layers  # decoder.0, decoder.1, decoder.2
-    x, eps = X, EPS
-    J = model.latent_dim
+    parameters = dict(zip(PARAMETER_NAMES, model.parameters()))
+    for name, values in args.settings:
+        parameters[name].data[...] = np.reshape(values, parameters[name].data.shape)
+    x, eps = np.array([args.x]), np.array([args.eps])  # shapes (B, D) and (B, J), B = 1
 
-    print("A 4-3-2-3-4 VAE on one data point, float64, eps held fixed. Equation numbers: docs/derivation.md.")
-    print("\n== Parameters (PyTorch nn.Linear initialisation, seed %d); y = x W + b, W is (in, out) ==" % SEED)
-    for short, p in zip(("W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4"), model.parameters()):
+    print(f"A {d}-{h}-{J}-{h}-{d} VAE on one data point, float64, eps held fixed. "
+          "Equation numbers: docs/derivation.md.")
+    set_by_hand = " ".join(name for name, _ in args.settings)
+    print(f"\n== Parameters (PyTorch nn.Linear initialisation, seed {args.seed}"
+          + (f"; set by hand: {set_by_hand}" if set_by_hand else "") + "); y = x W + b, W is (in, out) ==")
+    for short, p in parameters.items():
         show(f"{short}  ({p.name})", "", p.data)
 
     print("\n== Forward ==")
@@ -142,7 +196,7 @@ def main():
     show("dh = d[mu, logvar] W2^T", "eq. (12)", dh)
     da1 = relu1.backward(dh)
     show("da1 = dh * [a1 > 0]", "eq. (13)", da1)
-    linear1.backward(da1)  # the first layer skips dx: the data are not trained
+    linear1.backward(da1)  # the model's first layer skips dx (needs_input_grad = False): data are not trained
     show_gradient("dW1 = x^T da1", "eq. (12)", linear1.W.grad, rows["encoder.0.W"])
     show_gradient("db1 = sum_rows da1", "eq. (12)", linear1.b.grad, rows["encoder.0.b"])
 

@@ -13,6 +13,12 @@ import os
 # the user is kept. The one process-wide effect of importing minivae (children inherit it).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
+from .interrupts import install_for_commands  # noqa: E402
+
+# `python -m minivae.train` (or evaluate) only: Ctrl-C during the imports below is recorded, and
+# reported by the command in one line, instead of a traceback (minivae/interrupts.py).
+install_for_commands()
+
 from .backend import Backend, get_backend  # noqa: E402
 from .errors import BackendUnavailable, CheckpointError, DataError, MinivaeError, NumericalError  # noqa: E402
 from .layers import Linear, Parameter, ReLU, Sequential, Sigmoid, Tanh  # noqa: E402

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.special
 
 from .errors import BackendUnavailable
+from .kernels import cuda as cuda_kernels
 from .threads import RowThreads, cpu_thread_count
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
@@ -35,19 +36,24 @@ class Backend:
         dtype: the floating dtype every array of the model is created in.
         rng: a ``Generator`` of ``xp.random``, seeded once; a seed reproduces a NumPy run bit for bit.
         kernels: fused elementwise kernels computing the same formulas as the plain ``xp`` code in
-            one pass each (CuPy: see ``cupy_kernels``; NumPy: ``cpu_kernels``), or None to use the plain code.
+            one pass each (CuPy: ``minivae.kernels.cuda``; NumPy: ``minivae.kernels.cpu``, see
+            ``cpu_kernels``), or None to use the plain code.
         threads: how many CPU threads ``split_rows`` may use at once (1 on a GPU: there one pass is
             one kernel already).
         row_threads: the ``RowThreads`` behind ``split_rows`` (shared by ``with_seed`` copies).
     """
 
     def __init__(self, name, xp, special, dtype="float32", seed=0, kernels=None, threads=1, row_threads=None):
-        if str(dtype) not in DTYPES:
+        try:
+            dtype_name = np.dtype(dtype).name if dtype is not None else "None"  # "float32" or np.float32
+        except TypeError:
+            dtype_name = str(dtype)
+        if dtype_name not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.name = name
         self.xp = xp
         self.special = special
-        self.dtype = xp.dtype(str(dtype))
+        self.dtype = xp.dtype(dtype_name)
         self.seed = seed
         self.rng = xp.random.default_rng(seed)
         self.kernels = kernels
@@ -101,16 +107,36 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
     def rng_state(self):
-        """The random generator's state as a JSON-serialisable dict (NumPy only)."""
-        if self.name != "numpy":
-            raise BackendUnavailable(f"saving the random state of the {self.name} backend is not supported")
-        return self.rng.bit_generator.state
+        """The random generator's state: NumPy's ``bit_generator.state`` (a JSON-serialisable dict),
+        or, for CuPy's cuRAND generators, whose state is a device array ``_state``,
+        ``{"bit_generator": its class name, "device_state": that array copied to the host}``."""
+        bit_generator = self.rng.bit_generator
+        state = getattr(bit_generator, "state", None)
+        if isinstance(state, dict):
+            return state
+        device_state = getattr(bit_generator, "_state", None)
+        if device_state is None:
+            raise BackendUnavailable(f"the random state of the {self.name} backend's {type(bit_generator).__name__} "
+                                     f"cannot be saved")
+        return {"bit_generator": type(bit_generator).__name__, "device_state": self.to_numpy(device_state).copy()}
 
     def set_rng_state(self, state):
-        """Restore a state returned by ``rng_state`` (NumPy only)."""
-        if self.name != "numpy":
-            raise BackendUnavailable(f"restoring the random state of the {self.name} backend is not supported")
-        self.rng.bit_generator.state = state
+        """Restore a state returned by ``rng_state`` (of a backend of the same kind: BackendUnavailable
+        for a NumPy state on CuPy or the other way round; ValueError for one of another generator)."""
+        bit_generator = self.rng.bit_generator
+        if "device_state" not in state:
+            if not isinstance(getattr(bit_generator, "state", None), dict):
+                raise BackendUnavailable(f"the {self.name} backend cannot take a NumPy random state")
+            bit_generator.state = state
+            return
+        device_state = getattr(bit_generator, "_state", None)
+        if device_state is None:
+            raise BackendUnavailable(f"the {self.name} backend cannot take a CuPy random state")
+        saved = state["device_state"]
+        if state["bit_generator"] != type(bit_generator).__name__ or tuple(saved.shape) != tuple(device_state.shape):
+            raise ValueError(f"a {state['bit_generator']} state of shape {tuple(saved.shape)} does not fit this "
+                             f"{type(bit_generator).__name__} of shape {tuple(device_state.shape)}")
+        device_state[...] = self.xp.asarray(saved.astype(device_state.dtype))
 
 
 def numpy_backend(dtype="float32", seed=0, threads=None):
@@ -150,39 +176,7 @@ def cupy_backend(dtype="float32", seed=0):
     import cupy
     import cupyx.scipy.special
 
-    return Backend("cupy", cupy, cupyx.scipy.special, dtype=dtype, seed=seed, kernels=cupy_kernels(cupy))
-
-
-def cupy_kernels(cupy):
-    """Fused CuPy ElementwiseKernels, one pass each, for the elementwise work of a training step.
-    Each computes exactly the formulas of the plain ``xp`` code it replaces (its reference in the
-    tests, which compare them wherever a GPU is present); ``T`` is float32 or float64.
-
-    - ``bernoulli_nll_and_grad(l, x) -> (nll terms, dlogits)``: eq. (8) and (10), softplus as
-      (l + |l|)/2 + log1p(exp(-|l|)), sigmoid as exp(l - softplus) (likelihoods.Bernoulli).
-    - ``reparameterize(mu, logvar, eps) -> z``: eq. (5), broadcasting over the L samples of eps.
-    - ``kl_terms(mu, logvar) -> KL terms``: eq. (7) before its sum over j.
-    - ``head_gradient(sum_l dz, sum_l dz*eps, mu, logvar) -> (dmu, dlogvar)``: eq. (18).
-    """
-    from types import SimpleNamespace
-
-    kernel = cupy.ElementwiseKernel
-    return SimpleNamespace(
-        bernoulli_nll_and_grad=kernel(
-            "T l, T x", "T nll, T dlogits",
-            "T a = fabs(l); T softplus = (l + a) * (T)0.5 + log1p(exp(-a));"
-            " nll = softplus - x * l; dlogits = exp(l - softplus) - x;",
-            "minivae_bernoulli_nll_and_grad"),
-        reparameterize=kernel(
-            "T mu, T logvar, T eps", "T z", "z = mu + eps * exp((T)0.5 * logvar);", "minivae_reparameterize"),
-        kl_terms=kernel(
-            "T mu, T logvar", "T kl", "kl = (T)-0.5 * ((T)1 + logvar - mu * mu - exp(logvar));", "minivae_kl_terms"),
-        head_gradient=kernel(
-            "T dz_sum, T dz_eps_sum, T mu, T logvar", "T dmu, T dlogvar",
-            "T std = exp((T)0.5 * logvar); dmu = dz_sum + mu;"
-            " dlogvar = dz_eps_sum * (T)0.5 * std + (T)0.5 * (exp(logvar) - (T)1);",
-            "minivae_head_gradient"),
-    )
+    return Backend("cupy", cupy, cupyx.scipy.special, dtype=dtype, seed=seed, kernels=cuda_kernels.build(cupy))
 
 
 def cupy_unavailable_reason():

@@ -5,6 +5,8 @@ Layout of the archive (every member is a plain NumPy array; nothing is pickled):
     param/<name>          each parameter, e.g. ``param/encoder.0.W``
     optim/<kind>/<name>   each optimizer moment, e.g. ``optim/m/encoder.0.W`` (Adam: m, v; SGD:
                           momentum_buffer; older checkpoints' Adam m_sum, v_sum are read as m, v)
+    rng/<field>           the arrays of the random state (CuPy's: ``rng/device_state``, the cuRAND
+                          generator's state); its other fields are in ``meta``
     meta                  a 0-d unicode array holding ONE JSON document: format version, minivae
                           version, epoch, model config, dtype, optimizer name / step /
                           hyperparameters, the backend's random state (or why there is none), the
@@ -22,10 +24,13 @@ import os
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checks
+from .backend import BACKEND_NAMES, DTYPES
 from .errors import BackendUnavailable, CheckpointError
 from .fileio import atomic_write
-from .model import VAE
+from .layers import ACTIVATIONS
+from .likelihoods import LIKELIHOODS
+from .model import ARCHITECTURES, CONFIG_RULES, VAE
 
 FORMAT_VERSION = 1
 """Bump when the layout changes in a way an older reader cannot follow."""
@@ -33,6 +38,7 @@ FORMAT_VERSION = 1
 META_KEY = "meta"
 PARAM_PREFIX = "param/"
 OPTIM_PREFIX = "optim/"
+RNG_PREFIX = "rng/"
 
 ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "activation", "likelihood",
                        "variance", "n_samples")
@@ -42,10 +48,46 @@ ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "a
 CHECKPOINT_NAME = "checkpoint.npz"
 CONFIG_NAME = "config.json"
 
-_FLAGS = {"input_dim": None, "hidden": "--hidden", "latent_dim": "--latent-dim",
-          "decoder_hidden": "--decoder-hidden", "activation": "--activation", "likelihood": "--likelihood",
-          "variance": "--variance", "n_samples": "--samples"}
-"""The command-line flag of ``python -m minivae.train`` that sets each config field."""
+BINARIZE_MODES = ("none", "static", "dynamic")
+
+SETTINGS_RULES = {
+    "dataset": checks.optional(checks.text), "data_dir": checks.optional(checks.text),
+    "binarize": checks.one_of(BINARIZE_MODES), "backend": checks.one_of(BACKEND_NAMES),
+    "dtype": checks.one_of(DTYPES), "epochs": checks.positive_int, "batch_size": checks.positive_int,
+    "lr": checks.positive_number, "latent_dim": checks.positive_int, "samples": checks.positive_int,
+    "hidden": checks.list_of(checks.positive_int), "decoder_hidden": checks.optional(checks.list_of(checks.positive_int)),
+    "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.optional(checks.one_of(LIKELIHOODS)),
+    "variance": checks.positive_number, "seed": checks.nonnegative_int, "version": checks.text,
+    "architecture": checks.one_of(ARCHITECTURES),
+}
+"""What each setting of a run (``config.json``, ``extra["settings"]`` of its checkpoint) must be."""
+
+HYPERPARAMETER_RULES = {"lr": checks.positive_number, "beta1": checks.below_one, "beta2": checks.below_one,
+                        "eps": checks.positive_number, "weight_decay": checks.nonnegative_number,
+                        "momentum": checks.nonnegative_number}
+"""What each optimizer hyperparameter a checkpoint holds must be (others: finite numbers)."""
+
+
+def read_run_settings(path, fix):
+    """The settings a run saved in its ``config.json`` at ``path``, checked (``check_run_settings``);
+    CheckpointError naming the file, the field and ``fix`` when it cannot be read or a value is wrong."""
+    try:
+        with open(path) as handle:
+            settings = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot read the saved settings ({error}); {fix}") from error
+    return check_run_settings(settings, path, fix)
+
+
+def check_run_settings(settings, where, fix):
+    """``settings`` when it is a JSON object whose every known field keeps ``SETTINGS_RULES``
+    (fields left out take their defaults; unknown fields are left to their readers)."""
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{where}: the run's settings are a JSON {type(settings).__name__}, not an object; {fix}")
+    problem = checks.first_problem(settings, SETTINGS_RULES)
+    if problem is not None:
+        raise CheckpointError(f"{where}: {problem[1]}; {fix}")
+    return settings
 
 
 @dataclasses.dataclass
@@ -117,6 +159,10 @@ def save_checkpoint(path, model, optimizer, *, epoch, extra=None):
         rng_state, rng_note = backend.rng_state(), None
     except BackendUnavailable as exc:
         rng_state, rng_note = None, str(exc)
+    rng_arrays = {key: value for key, value in (rng_state or {}).items() if isinstance(value, np.ndarray)}
+    arrays.update({RNG_PREFIX + key: value for key, value in rng_arrays.items()})
+    if rng_state is not None:
+        rng_state = {key: value for key, value in rng_state.items() if key not in rng_arrays}
     meta = {
         "format_version": FORMAT_VERSION,
         "minivae_version": __version__,
@@ -128,6 +174,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, extra=None):
         "optimizer": {"name": type(optimizer).__name__, "step": int(state["step"]),
                       "hyperparameters": state["hyperparameters"], "moments": list(optimizer.moment_names)},
         "rng_state": rng_state,
+        "rng_arrays": sorted(rng_arrays),
         "rng_state_note": rng_note,
         "extra": {} if extra is None else extra,
     }
@@ -183,6 +230,7 @@ def load_checkpoint(path):
         raise CheckpointError(f"checkpoint {path} was written by a newer minivae (format {fmt}, this one reads "
                               f"up to {FORMAT_VERSION}); upgrade minivae")
 
+    _check_meta(path, meta)
     try:
         names = list(meta["parameter_names"])
         optim_meta = meta["optimizer"]
@@ -197,7 +245,8 @@ def load_checkpoint(path):
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(path, f"its metadata lacks or mangles a field ({type(exc).__name__}: {exc})") from exc
 
-    expected = {PARAM_PREFIX + name for name in names}
+    rng_arrays = [RNG_PREFIX + key for key in meta.get("rng_arrays", [])]
+    expected = {PARAM_PREFIX + name for name in names} | set(rng_arrays)
     expected |= {f"{OPTIM_PREFIX}{kind}/{name}" for kind in kinds for name in names}
     if set(members) != expected:
         missing, unexpected = sorted(expected - set(members)), sorted(set(members) - expected)
@@ -205,9 +254,50 @@ def load_checkpoint(path):
     checkpoint.params = {name: members[PARAM_PREFIX + name] for name in names}
     for kind in kinds:
         optimizer_state[kind] = {name: members[f"{OPTIM_PREFIX}{kind}/{name}"] for name in names}
+    for key in rng_arrays:
+        checkpoint.rng_state[key[len(RNG_PREFIX):]] = members.pop(key)
+    for key, array in members.items():
+        _check_array(path, key, array, checkpoint.dtype)
     if checkpoint.optimizer_name == "Adam" and set(kinds) == set(ADAM_SUMS):
         _adam_moments_from_sums(path, optimizer_state)
     return checkpoint
+
+
+def _check_meta(path, meta):
+    """Refuse metadata whose values no model or optimizer can take, before anything is built:
+    the epoch and step (integers >= 0), the dtype, the model config (``model.CONFIG_RULES``), the
+    optimizer's hyperparameters (finite numbers in their ranges), the random state (an object)."""
+    optimizer = meta.get("optimizer")
+    hyperparameters = optimizer.get("hyperparameters") if isinstance(optimizer, dict) else None
+    parts = [("", meta, {"epoch": checks.nonnegative_int, "dtype": checks.one_of(DTYPES)}, ("epoch", "dtype")),
+             ("config: ", meta.get("config"), CONFIG_RULES, ARCHITECTURE_FIELDS),
+             ("optimizer: ", optimizer, {"step": checks.nonnegative_int, "name": checks.text}, ("step", "name"))]
+    if isinstance(hyperparameters, dict):
+        rules = {name: HYPERPARAMETER_RULES.get(name, checks.finite_number) for name in hyperparameters}
+        parts.append(("optimizer hyperparameter ", hyperparameters, rules, ()))
+    for where, values, rules, required in parts:
+        if not isinstance(values, dict):
+            raise _corrupt(path, f"its metadata lacks or mangles {where.rstrip(': ') or 'its top level'} (not an object)")
+        problem = checks.first_problem(values, rules, required)
+        if problem is not None:
+            raise _unusable(path, where + problem[1])
+    if meta.get("rng_state") is not None and not isinstance(meta["rng_state"], dict):
+        raise _unusable(path, f"rng_state={meta['rng_state']!r} must be an object (or null)")
+    rng_arrays = meta.get("rng_arrays", [])
+    if not (isinstance(rng_arrays, list) and all(isinstance(key, str) for key in rng_arrays)) or (
+            rng_arrays and not isinstance(meta.get("rng_state"), dict)):
+        raise _unusable(path, f"rng_arrays={rng_arrays!r} must be a list of names, beside an rng_state object")
+
+
+def _check_array(path, key, array, dtype):
+    """Every stored array is real floating point of the checkpoint's dtype and finite (Adam's second
+    moment v, or v_sum in older checkpoints, also >= 0): a complex, string or NaN array is refused, naming it."""
+    if array.dtype != np.dtype(dtype):
+        raise _unusable(path, f"array {key!r} has dtype {array.dtype}, not the checkpoint's {dtype}")
+    if not np.isfinite(array).all():
+        raise _unusable(path, f"array {key!r} holds {'NaN' if np.isnan(array).any() else 'inf'}")
+    if key.startswith((f"{OPTIM_PREFIX}v/", f"{OPTIM_PREFIX}v_sum/")) and (array < 0).any():
+        raise _unusable(path, f"array {key!r} holds negative values (a sum of squares is >= 0)")
 
 
 ADAM_SUMS = {"m_sum": ("m", "beta1"), "v_sum": ("v", "beta2")}
@@ -281,6 +371,11 @@ def _corrupt(path, what):
                            f"retrain (start a new --out folder)")
 
 
+def _unusable(path, what):
+    return CheckpointError(f"checkpoint {path} holds values no model can take: {what}; restore it from a backup or "
+                           f"retrain (start a new --out folder)")
+
+
 def _pickled(path, where):
     return CheckpointError(f"checkpoint {path}: {where} holds a pickled object, refused for safety (a pickle can "
                            f"run arbitrary code); minivae checkpoints hold only plain arrays, so use one written "
@@ -309,14 +404,13 @@ def restore(checkpoint, model, optimizer):
     backend = model.backend
     _check_config(checkpoint, model.config)
     if checkpoint.dtype != backend.dtype.name:
-        raise CheckpointError(f"checkpoint {path} was trained with dtype={checkpoint.dtype}, this model has "
-                              f"dtype={backend.dtype.name}: pass --dtype {checkpoint.dtype} or start a new "
-                              f"--out folder")
+        raise CheckpointError(f"checkpoint {path} holds {checkpoint.dtype} arrays, this model computes in "
+                              f"{backend.dtype.name}: {_USE_ITS_CONFIG}")
     optimizer_name = type(optimizer).__name__
     if checkpoint.optimizer_name != optimizer_name:
-        raise CheckpointError(f"checkpoint {path} was trained with optimizer={checkpoint.optimizer_name}, this "
-                              f"optimizer is {optimizer_name}: pass --optimizer {checkpoint.optimizer_name.lower()} "
-                              f"or start a new --out folder")
+        raise CheckpointError(f"checkpoint {path} holds the state of an {checkpoint.optimizer_name} optimizer, this "
+                              f"one is {optimizer_name}: restore it into an {checkpoint.optimizer_name} optimizer "
+                              f"(minivae.train trains with Adam only), or start a new --out folder")
     parameters = model.parameters()
     _check_arrays(path, "parameters", checkpoint.params, {p.name: p.data.shape for p in parameters})
     state = checkpoint.optimizer_state
@@ -351,21 +445,22 @@ def restore(checkpoint, model, optimizer):
     return rng_restored
 
 
+_USE_ITS_CONFIG = ("build the model from the checkpoint's own config (in a run folder its config.json must "
+                   "say the same: the two files come from different runs), or start a new --out folder")
+
+
 def _check_config(checkpoint, config):
+    """The model's config must equal the checkpoint's, field by field. No command-line flag can fix a
+    difference (a resumed run takes its settings from its config.json), so the advice is the file's."""
     fields = list(ARCHITECTURE_FIELDS) + sorted((set(checkpoint.config) | set(config)) - set(ARCHITECTURE_FIELDS))
     for field in fields:
         saved, ours = checkpoint.config.get(field), config.get(field)
         if saved == ours:
             continue
-        flag = _FLAGS.get(field)
-        if flag is not None:
-            fix = "pass " + (" ".join(f"{flag} {v}" for v in saved) if isinstance(saved, list) else f"{flag} {saved}")
-        elif field == "input_dim":
-            fix = f"use the dataset it was trained on ({saved} values per example)"
-        else:
-            fix = f"set {field}={saved!r}"
+        fix = (f"use the dataset it was trained on ({saved} values per example), or start a new --out folder"
+               if field == "input_dim" else _USE_ITS_CONFIG)
         raise CheckpointError(f"checkpoint {checkpoint.path} was trained with {field}={_show(saved)}, this model "
-                              f"has {field}={_show(ours)}: {fix} or start a new --out folder")
+                              f"has {field}={_show(ours)}: {fix}")
 
 
 def _show(value):

@@ -3,6 +3,10 @@ a refused flag is reported on one line, with exit status 2."""
 
 import argparse
 import math
+import sys
+
+from .errors import MinivaeError
+from .interrupts import check_interrupt, interrupt_guard
 
 
 def positive_int(text):
@@ -44,3 +48,42 @@ def add_output_flags(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def failure_line(error, folder, memory_hint):
+    """The one line a command prints for a failure it cannot go on after: a MinivaeError's message
+    (on one line), an OSError naming its file and ``folder`` to check, or running out of memory
+    (NumPy's MemoryError, CuPy's OutOfMemoryError) with ``memory_hint``."""
+    if isinstance(error, MemoryError):
+        return f"out of memory ({' '.join(str(error).split()) or 'no details'}); {memory_hint}"
+    if isinstance(error, OSError) and not isinstance(error, MinivaeError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or error}; check that {folder} is writable and has free space"
+    return " ".join(str(error).split())
+
+
+def run_command(program, parser, body, after_interrupt, folder, memory_hint, argv=None):
+    """Run a command: ``body(parser.parse_args(argv))`` under the interrupt guard (minivae/interrupts.py).
+
+    Returns 0 when done; 1 after printing ``failure_line`` (a MinivaeError, an OSError, running out of
+    memory; ``--debug`` raises it instead); 130 after printing "interrupted; " and
+    ``after_interrupt(args)`` (``args`` None when parsing had not finished) for Ctrl-C, wherever it
+    came, also during the start-up imports. Each message is one line on stderr.
+    """
+    args = None
+    with interrupt_guard():
+        try:
+            try:
+                check_interrupt()  # one that came during the start-up imports
+                args = parser.parse_args(argv)
+                body(args)
+                check_interrupt()
+            except (MinivaeError, OSError, MemoryError) as error:
+                if args.debug:
+                    raise
+                print(f"{program}: error: {failure_line(error, folder, memory_hint)}", file=sys.stderr)
+                return 1
+        except KeyboardInterrupt:
+            print(f"{program}: interrupted; {after_interrupt(args)}", file=sys.stderr)
+            return 130
+    return 0

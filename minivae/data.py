@@ -486,7 +486,7 @@ def _search_folders(spec, system_dirs):
     return folders
 
 
-def _find_file(folder, name):
+def find_file(folder, name):
     """The path of ``name`` or ``name.gz`` in ``folder`` (the raw file first), or None."""
     for candidate in (name, name + ".gz"):
         path = os.path.join(folder, candidate)
@@ -497,7 +497,7 @@ def _find_file(folder, name):
 
 def _missing_files(spec, folder):
     """The names of ``spec.files`` found in ``folder`` neither raw nor gzipped."""
-    return [name for name in spec.files if _find_file(folder, name) is None]
+    return [name for name in spec.files if find_file(folder, name) is None]
 
 
 def _describe_missing(folder, missing):
@@ -520,7 +520,7 @@ def _load_from_data_dir(spec, data_dir):
 
 def _load_folder(spec, folder):
     """Load the dataset of ``spec`` from ``folder``, which holds every one of its files."""
-    paths = [_find_file(folder, name) for name in spec.files]
+    paths = [find_file(folder, name) for name in spec.files]
     if spec.file_format == "frey-mat":
         return _load_frey(spec, folder, paths[0])
     return _load_idx_dataset(spec, folder, paths)
@@ -537,7 +537,14 @@ def _load_idx_dataset(spec, folder, paths):
                         f"{train_images} holds {train_shape[0]}x{train_shape[1]}; use a test set of "
                         f"the training set's image size")
     return Dataset(spec.name, train_x, train_y, test_x, test_y, train_shape, folder, spec.likelihood_hint,
-                   spec.class_names)
+                   _names_fitting(spec.class_names, train_y, test_y))
+
+
+def _names_fitting(class_names, *labels):
+    """``class_names`` when every label indexes it (files in a --data-dir may hold other labels), else None."""
+    if class_names is None or any(split.min() < 0 or split.max() >= len(class_names) for split in labels):
+        return None
+    return class_names
 
 
 def _read_split(images_path, labels_path, checksums=(None, None)):
@@ -620,7 +627,7 @@ def _download_missing(spec, folder, log, timeout):
         return [f"{folder}: cannot create the download folder ({error.strerror}); set XDG_CACHE_HOME "
                 f"to a writable folder"]
     for name in spec.files:
-        if _find_file(folder, name) is None:
+        if find_file(folder, name) is None:
             failures = _download_file(spec, name, folder, log, timeout)
             if failures:
                 return failures

@@ -27,11 +27,13 @@ import numpy as np
 
 from . import __version__
 from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, model_from_checkpoint
-from .cli import Parser, add_output_flags, nonnegative_int, positive_int
+from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, check_run_settings, load_checkpoint, model_from_checkpoint,
+                         read_run_settings)
+from .cli import Parser, add_output_flags, nonnegative_int, positive_int, run_command
 from .data import DATASETS, binarize_dataset, load_dataset
-from .errors import CheckpointError, DataError, MinivaeError, NumericalError
+from .errors import CheckpointError, DataError, NumericalError
 from .fileio import atomic_write
+from .interrupts import check_interrupt
 from .gaussian import gaussian_log_density, reparameterize
 
 PROGRAM = "minivae-evaluate"
@@ -121,9 +123,10 @@ def samples_per_chunk(model, batch_size, memory_bytes):
     """How many samples of z per data point one chunk may hold so that a pass over ``batch_size``
     points fits in ``memory_bytes``: each of its chunk * batch_size rows holds about six arrays of D
     values (the tiled x, the decoder output and the likelihood's temporaries, the previous chunk's
-    kept by the layers' caches), two of H per decoder hidden layer and a few of J. At least 1."""
+    kept by the layers' caches), two of H per decoder hidden layer (or the conv decoder's feature maps
+    and column arrays, ``model.decoder_values_per_row``) and a few of J. At least 1."""
     config = model.config
-    row = 6 * config["input_dim"] + 2 * sum(config["decoder_hidden"]) + 4 * config["latent_dim"]
+    row = 6 * config["input_dim"] + 2 * model.decoder_values_per_row + 4 * config["latent_dim"]
     return max(1, int(memory_bytes // (batch_size * row * model.backend.dtype.itemsize)))
 
 
@@ -144,6 +147,7 @@ def evaluate_test_set(model, test_x, n_samples, batch_size, chunk, seed, progres
         elbos.append(backend.to_numpy(elbo(model, x, elbo_noise)))
         log_likelihoods.append(backend.to_numpy(
             importance_weighted_log_likelihood(model, x, n_samples, chunk, iw_noise)))
+        check_interrupt()  # a Ctrl-C that Python dropped in a callback stops here
         if progress is not None:
             progress(x.shape[0])
     return np.concatenate(elbos), np.concatenate(log_likelihoods)
@@ -193,33 +197,31 @@ def build_parser():
     return parser
 
 
+MEMORY_HINT = "pass a smaller --chunk (or --memory-mb) or --batch-size"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
+    """The command: the table on stdout, then the JSON written; 1 with one line on stderr for a
+    failure (a failed write comes after the table, so the computation is not lost); 130 for Ctrl-C."""
+    written = []
+
+    def evaluate_and_write(args):
         results = run(args)
-    except (MinivaeError, OSError) as error:
-        if args.debug:
-            raise
-        print(f"{PROGRAM}: error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROGRAM}: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        print(format_table(results))
-    return 0
+        if not args.quiet:
+            print(format_table(results))
+        written.append(write_results(results, args))
+        if not args.quiet:
+            print(f"wrote {written[0]}")
 
+    def after_interrupt(args):
+        return f"{written[0]} is written" if written else "nothing was written"
 
-def _one_line(error):
-    """The error's message on one line (a dataset error lists its attempts on several)."""
-    if isinstance(error, OSError) and not isinstance(error, MinivaeError):
-        where = f"{error.filename}: " if error.filename else ""
-        return f"{where}{error.strerror or error}; check that the folder is writable and has free space"
-    return " ".join(str(error).split())
+    return run_command(PROGRAM, build_parser(), evaluate_and_write, after_interrupt, "the folder", MEMORY_HINT,
+                           argv)
 
 
 def run(args):
-    """Evaluate as the parsed command line says; write the JSON and return the results (a dict)."""
+    """Evaluate as the parsed command line says; returns the results (a dict), writing nothing."""
     log = (lambda message: None) if args.quiet else print
     path = checkpoint_path(args.run)
     checkpoint = load_checkpoint(path)
@@ -233,13 +235,17 @@ def run(args):
     if not (np.isfinite(elbos).all() and np.isfinite(log_likelihoods).all()):
         raise NumericalError(f"{path}: the ELBO or the log-likelihood of some test point is not finite "
                              f"(in {backend.dtype.name}); try --dtype float64")
-    results = _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds)
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), RESULTS_NAME)
+    return _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds)
+
+
+def write_results(results, args):
+    """Write the results as JSON (atomically) to --output, or evaluation.json beside the checkpoint;
+    returns the path written."""
+    output = args.output or os.path.join(os.path.dirname(results["checkpoint"]), RESULTS_NAME)
     with atomic_write(output, "w") as handle:
         json.dump(results, handle, indent=2)
         handle.write("\n")
-    results["output"] = output
-    return results
+    return output
 
 
 def _timed_evaluation(model, test_x, args, chunk):
@@ -275,14 +281,10 @@ def run_settings(path, checkpoint):
     """The settings of the run that wrote the checkpoint at ``path``: its folder's config.json, or
     else the settings saved inside the checkpoint ({} when there are none)."""
     config = os.path.join(os.path.dirname(os.path.abspath(path)), CONFIG_NAME)
+    fix = "pass --dataset (and --data-dir) yourself, or pass a copy of the checkpoint without it"
     if os.path.isfile(config):
-        try:
-            with open(config) as handle:
-                return json.load(handle)
-        except (OSError, ValueError) as error:
-            raise CheckpointError(f"{config}: cannot read the run's settings ({error}); pass --dataset "
-                                  f"(and --data-dir) yourself, or pass a copy of the checkpoint without it")
-    return dict(checkpoint.extra.get("settings") or {})
+        return read_run_settings(config, fix)
+    return check_run_settings(checkpoint.extra.get("settings") or {}, f"{path} (its saved settings)", fix)
 
 
 def _load_test_set(args, path, checkpoint, log):
@@ -343,7 +345,6 @@ def format_table(results):
              f"{results['dtype']}, {results['seconds']:.1f} s",
              f"{'nats per test point':<24}{'mean':>12}{'std. error':>12}"]
     lines += [f"{name:<24}{value['mean']:>12.3f}{value['standard_error']:>12.3f}" for name, value in rows]
-    lines.append(f"wrote {results['output']}")
     return "\n".join(lines)
 
 

@@ -9,13 +9,17 @@ import contextlib
 import os
 import tempfile
 
+from .interrupts import check_interrupt
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file beside ``path``; on a clean exit, fsync it and rename it to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. A command's
+    pending Ctrl-C (``interrupts.check_interrupt``) is raised before the write and after the rename.
     """
+    check_interrupt()
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -31,6 +35,7 @@ def atomic_write(path, mode="wb"):
             os.unlink(tmp_path)
         raise
     _fsync_folder(folder)
+    check_interrupt()
 
 
 def _fsync_folder(folder):
@@ -67,9 +72,12 @@ def folder_lock(folder, owner_error):
     # The lock appears with its process id already inside (written to a temporary file, then
     # hard-linked into place, which fails if the lock exists): no reader ever sees an empty lock.
     fd, claim = tempfile.mkstemp(prefix=LOCK_NAME + ".", dir=folder)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(str(os.getpid()))
     try:
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+        except OSError as error:  # a full disk fails here, with no file name of its own
+            raise OSError(error.errno, f"cannot write the lock file ({error.strerror})", path) from error
         while True:
             try:
                 os.link(claim, path)
@@ -81,7 +89,8 @@ def folder_lock(folder, owner_error):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # stale: its run is gone
     finally:
-        os.unlink(claim)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claim)  # the claim never outlives this call, whatever failed
     try:
         yield
     finally:

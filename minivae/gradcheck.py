@@ -35,6 +35,7 @@ Imports: the module imports nothing from minivae but ``backend`` and ``errors`` 
 design's import rule); the model and its pieces are imported inside the functions that build them.
 """
 
+import argparse
 import math
 import sys
 from collections import namedtuple
@@ -182,6 +183,46 @@ def check_layer(kind, backend, batch_size=4, input_dim=12, hidden=8, latent_dim=
     return description, check_gradients(f, dout, gradients, backend, h, tolerance)
 
 
+CONV_KINDS = ("conv2d", "conv_transpose2d")
+
+
+def check_conv(kind, backend, batch_size=2, in_channels=2, out_channels=3, image_shape=(7, 6), kernel=(3, 2),
+               stride=2, padding=1, h=DEFAULT_STEP, tolerance=DEFAULT_TOLERANCE):
+    """Check a Conv2d (eq. (28)-(30)) or ConvTranspose2d (eq. (33)) alone, with a random upstream
+    gradient: its input, weight and bias gradients. Returns (description, rows).
+
+    x: (batch_size, in_channels, *image_shape). The defaults have stride 2 with sizes it does not
+    divide, a kernel that is not square, and padding. The analytic gradients are computed in
+    ``backend``'s dtype, the differences in float64 on the same values (as ``check_layer``).
+    """
+    from .conv import Conv2d, ConvTranspose2d
+
+    layer_class = {"conv2d": Conv2d, "conv_transpose2d": ConvTranspose2d}[kind]
+    reference = float64_twin(backend)
+
+    def build(on):
+        return layer_class(in_channels, out_channels, kernel, stride, padding, on, kind)
+
+    layer = build(reference)
+    x = reference.standard_normal((batch_size, in_channels) + tuple(image_shape))
+    dy = reference.standard_normal(layer.forward(x).shape)
+    analytic_layer = layer if reference is backend else build(backend)
+    if analytic_layer is not layer:  # the float32 code path, at float32 values; differences on float64 copies
+        for p, p64 in zip(analytic_layer.parameters(), layer.parameters()):
+            p.data[...] = p64.data.astype(backend.dtype)
+            p64.data[...] = p.data
+        x = x.astype(backend.dtype)
+    analytic_layer.forward(x)
+    dx = analytic_layer.backward(dy.astype(x.dtype))
+    analytic = [dx, analytic_layer.W.grad.copy(), analytic_layer.b.grad.copy()]
+    x = x.astype("float64")
+    gradients = [(name, array, a) for (name, array), a in zip([("x", x), ("W", layer.W.data), ("b", layer.b.data)],
+                                                              analytic)]
+    equations = "eq. (28)-(30)" if kind == "conv2d" else "eq. (33)"
+    description = (f"{layer!r} on x {tuple(x.shape)} -> {tuple(dy.shape)} ({equations})")
+    return description, check_gradients(lambda: layer.forward(x), dy, gradients, backend, h, tolerance)
+
+
 def _layer_inputs(kind, backend, sizes):
     """The random float64 values one piece is checked at, and its random upstream gradient."""
     randn, B, D, H, J, L = backend.standard_normal, sizes["B"], sizes["D"], sizes["H"], sizes["J"], sizes["L"]
@@ -300,6 +341,7 @@ PROGRAM = "minivae-gradcheck"
 def build_parser():
     from .layers import ACTIVATIONS
     from .likelihoods import LIKELIHOODS
+    from .model import ARCHITECTURES
 
     parser = Parser(
         prog=PROGRAM,
@@ -318,10 +360,16 @@ def build_parser():
                        help="s2 of the Gaussian likelihood (default 1.0)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
     check = parser.add_argument_group("check")
-    check.add_argument("--layer", choices=LAYER_KINDS,
+    model.add_argument("--architecture", choices=ARCHITECTURES, default="mlp",
+                       help="mlp, or conv: the conv VAE of minivae/conv.py on --image-shape images with 2 and 3 "
+                            "channels (--input-dim and --hidden are then not used) (default mlp)")
+    model.add_argument("--image-shape", type=_image_shape, default=(8, 8),
+                       help="HxW of the conv VAE's images, multiples of 4 (default 8x8)")
+    check.add_argument("--layer", choices=LAYER_KINDS + CONV_KINDS,
                        help="check this one piece alone (its input and parameter gradients) instead of the VAE, at the "
                             "shapes it has in the model: uses --input-dim, the first --hidden, --latent-dim, "
-                            "--samples, --batch-size and --variance")
+                            "--samples, --batch-size and --variance; conv2d and conv_transpose2d: 2 -> 3 "
+                            "channels, 7x6 images, kernel 3x2, stride 2, padding 1, --batch-size")
     check.add_argument("--dtype", choices=DTYPES, default="float64",
                        help="dtype of the model and its analytic gradients (default float64); the finite "
                             "differences are always float64, on a copy of a float32 model")
@@ -357,7 +405,11 @@ def _run(args):
     hidden = args.hidden or [8]
     backend = get_backend(args.backend, dtype=args.dtype, seed=args.seed)
     margin = math.inf
-    if args.layer:
+    if args.layer in CONV_KINDS:
+        step = args.step or DEFAULT_STEP
+        description, rows = check_conv(args.layer, backend, args.batch_size, h=step, tolerance=tolerance)
+        print(f"{PROGRAM}: {description}; random upstream gradient; {_settings(args, backend, step, tolerance)}")
+    elif args.layer:
         step = args.step or DEFAULT_STEP
         description, rows = check_layer(args.layer, backend, args.batch_size, args.input_dim, hidden[0],
                                         args.latent_dim, args.samples, args.variance, step, tolerance)
@@ -365,15 +417,20 @@ def _run(args):
     else:
         from .model import VAE
 
-        model = VAE(args.input_dim, hidden, args.latent_dim, activation=args.activation, likelihood=args.likelihood,
-                    variance=args.variance, n_samples=args.samples, backend=backend)
-        x = backend.uniform((args.batch_size, args.input_dim))
+        conv = args.architecture == "conv"
+        input_dim = args.image_shape[0] * args.image_shape[1] if conv else args.input_dim
+        model = VAE(input_dim, hidden, args.latent_dim, activation=args.activation, likelihood=args.likelihood,
+                    variance=args.variance, n_samples=args.samples, backend=backend, architecture=args.architecture,
+                    image_shape=args.image_shape, channels=(2, 3))
+        x = backend.uniform((args.batch_size, input_dim))
         eps = model.draw_eps(args.batch_size)  # drawn once: held fixed for every difference
         if args.activation == "relu":
             margin = relu_input_margin(model, x, eps)
         # without --step: a step that cannot carry a ReLU input across its kink (moves reach ~2h)
         step = args.step or min(DEFAULT_STEP, max(margin / 10, 1e-6))
         sizes = "-".join(str(n) for n in [args.input_dim, *hidden, args.latent_dim, *reversed(hidden), args.input_dim])
+        if conv:
+            sizes = "conv {0}x{1}-2-3-{2}-3-2-{0}x{1}".format(*args.image_shape, args.latent_dim)
         print(f"{PROGRAM}: VAE {sizes}, {args.likelihood} likelihood, {args.activation}, L={args.samples}, "
               f"batch {args.batch_size}; loss of eq. (3) with eps held fixed; {_settings(args, backend, step, tolerance)}")
         rows = check_model(model, x, eps, step, tolerance)
@@ -386,6 +443,17 @@ def _run(args):
         print(f"note: a ReLU input is {margin:.1e} from its kink at 0, within reach of the step h={step:g}; "
               "this FAIL may be the kink, not a bug: try another --seed")
     return 0 if all(r.ok for r in rows) else 1
+
+
+def _image_shape(text):
+    """``HxW`` -> (H, W), both multiples of 4 (the conv VAE's sizes, minivae/conv.py)."""
+    from .conv import check_image_shape
+
+    try:
+        return check_image_shape(int(n) for n in text.lower().split("x", 1))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}" if "multiples" in str(error) else
+                                         f"{text!r} is not HxW (e.g. 8x8)") from None
 
 
 def _settings(args, backend, step, tolerance):

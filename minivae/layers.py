@@ -17,16 +17,47 @@ class Parameter:
     """A trainable array with its gradient and its qualified name (e.g. ``encoder.0.W``).
 
     Once packed into a ``ParameterBuffer``, ``data`` and ``grad`` are views into its flat arrays
-    and ``buffer`` points to it.
+    and ``buffer`` points to it. They are never rebound: assigning ``p.data = values`` (or
+    ``p.grad``) copies the values into the array that is there, so the buffer and every optimizer
+    built on it keep seeing them; values of another shape, or complex ones, are refused.
     """
 
-    __slots__ = ("name", "data", "grad", "buffer")
+    __slots__ = ("name", "_data", "_grad", "buffer")
 
     def __init__(self, name, data):
         self.name = name
-        self.data = data
-        self.grad = data * 0
+        self._data = data
+        self._grad = data * 0
         self.buffer = None
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, values):
+        self._copy_into(self._data, values, "data")
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, values):
+        self._copy_into(self._grad, values, "grad")
+
+    def _copy_into(self, array, values, what):
+        shape = tuple(getattr(values, "shape", ()))
+        if shape != tuple(array.shape):
+            raise ValueError(f"parameter {self.name}: cannot assign {what} of shape {shape}; it holds shape "
+                             f"{tuple(array.shape)} (values are copied into it, never rebound)")
+        if getattr(getattr(values, "dtype", None), "kind", "f") not in "fiub":
+            raise TypeError(f"parameter {self.name}: cannot assign {what} of dtype {values.dtype}; give real numbers")
+        array[...] = values
+
+    def _rebind(self, data, grad):
+        """Point ``data`` and ``grad`` at new arrays holding the same values (``ParameterBuffer`` only)."""
+        self._data, self._grad = data, grad
 
     def __repr__(self):
         return f"Parameter({self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
@@ -37,8 +68,8 @@ class ParameterBuffer:
     ``data`` and ``grad`` become views into them (values kept), so that an optimizer can update the
     whole model in a few passes over memory instead of a few per parameter.
 
-    Packing keeps the values of both arrays; after it, ``p.data`` and ``p.grad`` must be written in
-    place (``p.data[...] = ...``), never rebound.
+    A parameter is packed once: every optimizer of it works on this one buffer (``of``), so
+    ``model.buffer`` always holds the values being trained.
     """
 
     def __init__(self, parameters, backend):
@@ -50,23 +81,43 @@ class ParameterBuffer:
         self.slices = {}
         offset = 0
         for p in self.parameters:
+            if p.buffer is not None:
+                raise ValueError(f"parameter {p.name} is packed in a ParameterBuffer already; pack it once")
             shape, size = p.data.shape, int(p.data.size)
             self.slices[p.name] = slice(offset, offset + size)
             self.data[offset:offset + size] = p.data.reshape(-1)
             self.grad[offset:offset + size] = p.grad.reshape(-1)
-            p.data = self.data[offset:offset + size].reshape(shape)
-            p.grad = self.grad[offset:offset + size].reshape(shape)
+            p._rebind(self.data[offset:offset + size].reshape(shape), self.grad[offset:offset + size].reshape(shape))
             p.buffer = self
             offset += size
 
     @classmethod
     def of(cls, parameters, backend):
-        """The buffer that already holds exactly ``parameters`` in this order, or a new one."""
+        """The one buffer that holds all of ``parameters`` (any subset of it, in any order), or a new
+        buffer when none of them is packed yet. Parameters spread over several buffers, or partly
+        packed, are refused: nothing is ever packed twice."""
         parameters = list(parameters)
-        existing = parameters[0].buffer if parameters else None
-        if existing is not None and [id(p) for p in existing.parameters] == [id(p) for p in parameters]:
-            return existing
+        if not parameters:
+            raise ValueError("no parameters given")
+        buffers = {id(p.buffer): p.buffer for p in parameters}
+        if len(buffers) == 1 and parameters[0].buffer is not None:
+            return parameters[0].buffer
+        if len(buffers) > 1:
+            raise ValueError("these parameters are not all packed in one ParameterBuffer (they come from several "
+                             "models, or only some are packed); build an optimizer from one model's parameters")
         return cls(parameters, backend)
+
+    def segments(self, parameters):
+        """The contiguous stretches of the flat arrays that hold exactly ``parameters``, as slices in
+        the order of the buffer (one slice for all of the buffer's parameters)."""
+        spans = sorted((self.slices[p.name].start, self.slices[p.name].stop) for p in parameters)
+        merged = []
+        for start, stop in spans:
+            if merged and merged[-1][1] == start:
+                merged[-1][1] = stop
+            else:
+                merged.append([start, stop])
+        return [slice(start, stop) for start, stop in merged]
 
     def views(self, flat):
         """``{parameter name: view of flat shaped like that parameter}`` for a flat array like ``data``."""

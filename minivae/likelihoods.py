@@ -8,6 +8,8 @@ intermediate arrays (this is what the training step calls).
 
 import math
 
+from . import checks
+
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -60,14 +62,13 @@ class Bernoulli:
         dlogits -= x
 
     def _softplus(self, logits):
-        """``softplus(l) = log(1 + e^l) = max(l, 0) + log1p(exp(-|l|))``, with max(l, 0) written
-        (l + |l|) / 2; exp(-|l|) is in (0, 1], so nothing overflows for any finite l."""
+        """``softplus(l) = log(1 + e^l) = max(l, 0) + log1p(exp(-|l|))``: exp(-|l|) is in (0, 1] and
+        max(l, 0) is l or 0, so nothing overflows for any finite l (not even float32's largest)."""
         xp = self.xp
         abs_logits = xp.abs(logits)
         softplus = xp.exp(-abs_logits)
         xp.log1p(softplus, out=softplus)
-        abs_logits += logits
-        abs_logits *= 0.5
+        xp.maximum(logits, 0, out=abs_logits)
         softplus += abs_logits
         return softplus
 
@@ -85,8 +86,9 @@ class Gaussian:
     name = "gaussian"
 
     def __init__(self, backend, variance=1.0):
-        if not variance > 0:
-            raise ValueError(f"the Gaussian likelihood's variance must be > 0, got {variance}")
+        problem = checks.positive_number(variance)
+        if problem is not None:
+            raise ValueError(f"the Gaussian likelihood's variance {problem}, got {variance!r}")
         self.xp = backend.xp
         self.variance = float(variance)
         self.log_norm = 0.5 * math.log(2 * math.pi * self.variance)

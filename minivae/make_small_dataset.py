@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from minivae.data import IDX_FILES, read_idx, write_idx
+from minivae.data import IDX_FILES, find_file, read_idx, write_idx
 from minivae.errors import DataError
 
 TRAIN_PER_CLASS = 1000
@@ -66,12 +66,11 @@ def build_subset(source_dir, out_dir, train_per_class=TRAIN_PER_CLASS, test_per_
 
 def _source_file(folder, name):
     """The path of ``name`` or ``name.gz`` in ``folder``, or a ``DataError`` naming both."""
-    for candidate in (name, name + ".gz"):
-        path = os.path.join(folder, candidate)
-        if os.path.isfile(path):
-            return path
-    raise DataError(f"{folder}: holds neither {name} nor {name}.gz; pass the folder of the full "
-                    f"Fashion-MNIST files (apt-get install dataset-fashion-mnist)")
+    path = find_file(folder, name)
+    if path is None:
+        raise DataError(f"{folder}: holds neither {name} nor {name}.gz; pass the folder of the full "
+                        f"Fashion-MNIST files (apt-get install dataset-fashion-mnist)")
+    return path
 
 
 def main(argv=None):

@@ -11,10 +11,26 @@
 
 from collections import namedtuple
 
+from . import checks
 from .backend import numpy_backend
+from .conv import check_image_shape, conv_decoder, conv_decoder_values_per_row, conv_encoder
 from .gaussian import head_gradient, kl_divergence, reparameterize
-from .layers import ParameterBuffer, mlp
-from .likelihoods import make_likelihood
+from .layers import ACTIVATIONS, ParameterBuffer, mlp
+from .likelihoods import LIKELIHOODS, make_likelihood
+
+ARCHITECTURES = ("mlp", "conv")
+
+CONFIG_RULES = {
+    "input_dim": checks.positive_int, "hidden": checks.list_of(checks.positive_int, allow_empty=True),
+    "latent_dim": checks.positive_int,
+    "decoder_hidden": checks.optional(checks.list_of(checks.positive_int, allow_empty=True)),
+    "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.one_of(LIKELIHOODS),
+    "variance": checks.positive_number, "n_samples": checks.positive_int,
+    "architecture": checks.one_of(ARCHITECTURES), "image_shape": checks.optional(checks.list_of(checks.positive_int)),
+    "channels": checks.list_of(checks.positive_int),
+}
+"""What each argument of ``VAE`` (each field of ``VAE.config``) must be; checked by the constructor
+and, before a model is built from one, on a checkpoint's config (``checkpoint.load_checkpoint``)."""
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
 LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and their sum, each summed over
@@ -22,7 +38,7 @@ the batch (0-d arrays of the backend; ``float()`` brings one to the host)."""
 
 
 class VAE:
-    """A VAE with MLP encoder and decoder.
+    """A VAE with MLP (or convolutional) encoder and decoder.
 
     Args:
         input_dim: D, the number of values per datapoint (784 for 28x28 images).
@@ -35,18 +51,26 @@ class VAE:
         variance: the fixed variance s2 of the Gaussian likelihood.
         n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)).
         backend: a Backend (default: NumPy, float32, seed 0).
+        architecture: "mlp" (the Linear layers above) or "conv" (minivae/conv.py: two stride-2 4x4
+            convolutions to ``channels`` and a Linear head; the decoder mirrors it with transpose
+            convolutions; ``hidden`` and ``decoder_hidden`` are not used).
+        image_shape: (H, W) of the images, H*W = input_dim, both multiples of 4 (conv only).
+        channels: (c1, c2), the channels of the two convolutions (conv only).
     """
 
     def __init__(self, input_dim=784, hidden=(400,), latent_dim=20, decoder_hidden=None, activation="relu",
-                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None):
+                 likelihood="bernoulli", variance=1.0, n_samples=1, backend=None, architecture="mlp",
+                 image_shape=None, channels=(32, 64)):
         self.backend = backend if backend is not None else numpy_backend()
+        problem = checks.first_problem(
+            {"input_dim": input_dim, "hidden": hidden, "latent_dim": latent_dim, "decoder_hidden": decoder_hidden,
+             "activation": activation, "likelihood": likelihood, "variance": variance, "n_samples": n_samples,
+             "architecture": architecture, "channels": channels},
+            CONFIG_RULES)
+        if problem is not None:
+            raise ValueError(f"VAE: {problem[1]}")
         hidden = tuple(int(h) for h in hidden)
         decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)
-        for what, value in [("input_dim", input_dim), ("latent_dim", latent_dim), ("n_samples", n_samples)]:
-            if int(value) < 1:
-                raise ValueError(f"{what} must be >= 1, got {value}")
-        if any(h < 1 for h in hidden + decoder_hidden):
-            raise ValueError(f"hidden sizes must be >= 1, got {hidden} and {decoder_hidden}")
         self.config = {
             "input_dim": int(input_dim), "hidden": list(hidden), "latent_dim": int(latent_dim),
             "decoder_hidden": list(decoder_hidden), "activation": activation, "likelihood": likelihood,
@@ -56,10 +80,31 @@ class VAE:
         self.n_samples = int(n_samples)
         self.likelihood = make_likelihood(likelihood, self.backend, variance)
         # The encoder's last Linear is the fused head: 2J outputs, [mu | logvar] (eq. (4)).
-        self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
-        self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
-        self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+        if architecture == "conv":
+            self._build_conv(image_shape, channels)
+        else:
+            self.encoder = mlp((input_dim,) + hidden + (2 * latent_dim,), activation, self.backend, "encoder")
+            self.decoder = mlp((latent_dim,) + decoder_hidden + (input_dim,), activation, self.backend, "decoder")
+            self.encoder.layers[0].needs_input_grad = False  # nobody needs dLoss/dx
+            self.decoder_values_per_row = sum(decoder_hidden)
         self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
+
+    def _build_conv(self, image_shape, channels):
+        """The conv encoder and decoder (minivae/conv.py, section 18 of docs/derivation.md) for images
+        of ``image_shape`` (H, W), H*W = input_dim, with ``channels`` (c1, c2); recorded in the config
+        (an MLP's config stays as it was, so its checkpoints load as before)."""
+        if image_shape is None:
+            raise ValueError("the conv architecture needs image_shape (H, W)")
+        height, width = check_image_shape(image_shape)
+        channels = tuple(int(c) for c in channels)
+        if height * width != self.config["input_dim"] or len(channels) != 2 or min(channels) < 1:
+            raise ValueError(f"image_shape {height}x{width} must hold input_dim={self.config['input_dim']} "
+                             f"values and channels two sizes >= 1, got {channels}")
+        self.config.update(architecture="conv", image_shape=[height, width], channels=list(channels),
+                           hidden=[], decoder_hidden=[])
+        args = ((height, width), channels, self.latent_dim, self.config["activation"], self.backend)
+        self.encoder, self.decoder = conv_encoder(*args), conv_decoder(*args)
+        self.decoder_values_per_row = conv_decoder_values_per_row(height, width, channels)
 
     def parameters(self):
         """Every trainable Parameter, encoder first, in a fixed order."""
@@ -67,6 +112,7 @@ class VAE:
 
     def encode(self, x):
         """Eq. (4): x (B, D) -> (mu, logvar), each (B, J)."""
+        self._check_input(x)
         head = self.encoder.forward(x)
         return head[:, :self.latent_dim], head[:, self.latent_dim:]
 
@@ -97,6 +143,7 @@ class VAE:
         NLL averaged over the L samples (eq. (3)) and the KL (eq. (7)).
         """
         xp, kernels = self.backend.xp, self.backend.kernels
+        self._check_values(x)
         mu, logvar = self.encode(x)
         if use_mean:
             z, n_samples = mu, 1
@@ -117,6 +164,7 @@ class VAE:
         d(total)/d(parameter).
         """
         xp, kernels = self.backend.xp, self.backend.kernels
+        self._check_values(x)
         batch_size = x.shape[0]
         eps = self.draw_eps(batch_size) if eps is None else eps
         mu, logvar = self.encode(x)                                    # eq. (4)
@@ -133,6 +181,26 @@ class VAE:
         reconstruction = nll.sum() / n_samples
         kl_sum = kl.sum()
         return LossTerms(reconstruction, kl_sum, reconstruction + kl_sum)
+
+    def _check_input(self, x):
+        """x must be a (B, D) array with B >= 1 in the backend's dtype (no silent promotion)."""
+        shape, width = tuple(getattr(x, "shape", ())), self.config["input_dim"]
+        if len(shape) != 2 or shape[0] < 1 or shape[1] != width:
+            raise ValueError(f"x must be a batch of shape (B >= 1, {width}), got shape {shape}")
+        if getattr(x, "dtype", None) != self.backend.dtype:
+            raise TypeError(f"x has dtype {getattr(x, 'dtype', type(x).__name__)}, the model computes in "
+                            f"{self.backend.dtype}; pass backend.to_device(x)")
+
+    def _check_values(self, x):
+        """The Bernoulli likelihood needs x in [0, 1] (pixels 0..255 would give a loss of ~1e12).
+        Checked on the CPU only: on a GPU it would cost a device-to-host copy per step (the datasets
+        of minivae.data are checked when loaded)."""
+        self._check_input(x)
+        if self.likelihood.name == "bernoulli" and self.backend.name == "numpy" and x.size:
+            low, high = float(x.min()), float(x.max())
+            if not (0 <= low and high <= 1):
+                raise ValueError(f"x holds values in [{low:g}, {high:g}]; the Bernoulli likelihood needs them "
+                                 f"in [0, 1] (divide pixels of 0..255 by 255)")
 
     def _repeat(self, x, n_samples):
         """x stacked n_samples times along the rows, to line up with z's sample-major rows."""

@@ -5,7 +5,8 @@ parameter's qualified name (``encoder.0.W``), never by ``id()``, so it survives 
 serialises into checkpoints.
 
 Speed: the parameters live in one flat ``ParameterBuffer`` (the model packs them at construction),
-so an update is a handful of in-place passes over a few flat arrays, not a handful per parameter
+which every optimizer of them shares (one on a subset updates its stretches of it), so an update is
+a handful of in-place passes over a few flat arrays, not a handful per parameter
 (on a GPU each pass is one kernel). Where the backend has a fused kernel for the update (the CPU's,
 minivae/kernels/cpu.py) it does the same operations in one pass. On the CPU the flat arrays are cut
 into one block per thread (``Backend.split_rows``), each block updated by its own thread: the update
@@ -41,20 +42,41 @@ class Optimizer:
         self.backend = backend
         self.xp = backend.xp
         self.step_count = 0
-        self._flat_moments = {kind: self.xp.zeros_like(self.buffer.data) for kind in self.moment_names}
-        self.moments = {kind: self.buffer.views(flat) for kind, flat in self._flat_moments.items()}
-        self._scratch = self.xp.empty_like(self.buffer.data)
+        # The stretches of the model's one buffer that hold these parameters (one for the whole
+        # model), and where each lies in this optimizer's own flat arrays (the moments, a scratch).
+        self.segments = self.buffer.segments(self.parameters)
+        lengths = [segment.stop - segment.start for segment in self.segments]
+        self._offsets = [sum(lengths[:k]) for k in range(len(lengths))]
+        total = sum(lengths)
+        self._flat_moments = {kind: self.xp.zeros(total, dtype=backend.dtype) for kind in self.moment_names}
+        self.moments = {kind: self._views(flat) for kind, flat in self._flat_moments.items()}
+        self._scratch = self.xp.empty(total, dtype=backend.dtype)
+
+    def _views(self, flat):
+        """``{parameter name: view of flat (laid out like this optimizer's segments) shaped like it}``."""
+        views = {}
+        for p in self.parameters:
+            where = self.buffer.slices[p.name]
+            for segment, offset in zip(self.segments, self._offsets):
+                if segment.start <= where.start < segment.stop:
+                    start = offset + where.start - segment.start
+                    views[p.name] = flat[start:start + where.stop - where.start].reshape(p.data.shape)
+        return views
 
     def step(self):
         """One update of every parameter from its current gradient: eq. (19) for Adam, eq. (20) for SGD,
         by the backend's fused kernel when it has one (one pass), else by ``_update`` (the reference)."""
         self.step_count += 1
-        moments = [self._flat_moments[kind] for kind in self.moment_names]
         fused = getattr(self.backend.kernels, self.kernel_name, None)
-        if fused is not None:
-            fused(self.buffer.data, self.buffer.grad, *moments, self.step_count, **self.hyperparameters())
-            return
-        self.backend.split_rows(self._update, self.buffer.data, self.buffer.grad, self._scratch, *moments)
+        for segment, offset in zip(self.segments, self._offsets):
+            own = slice(offset, offset + segment.stop - segment.start)
+            moments = [self._flat_moments[kind][own] for kind in self.moment_names]
+            if fused is not None:
+                fused(self.buffer.data[segment], self.buffer.grad[segment], *moments, self.step_count,
+                      **self.hyperparameters())
+            else:
+                self.backend.split_rows(self._update, self.buffer.data[segment], self.buffer.grad[segment],
+                                        self._scratch[own], *moments)
 
     def hyperparameters(self):
         return {name: getattr(self, name) for name in self.hyperparameter_names}

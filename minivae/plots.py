@@ -14,10 +14,11 @@ from arrays, and ``_save_figure`` writes it. Images are drawn in grey with ``vmi
 nearest-neighbour, without ticks, at an integer number of screen pixels per image pixel.
 """
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy.special import ndtri  # the standard normal quantile function, scipy.stats.norm.ppf
 
 from minivae.fileio import atomic_write
@@ -166,13 +167,16 @@ def save_manifold(path, decode, image_shape, n=20):
     _save_figure(_image_figure(grid, title="learned 2-D manifold", xlabel="z1 \u2192", ylabel="z2 \u2192"), path)
 
 
-def save_latent_scatter(path, means, labels=None):
+def save_latent_scatter(path, means, labels=None, class_names=None):
     """Save a scatter plot of 2-D latent means (e.g. the encoder's mu on the test set) as a PNG.
 
     means: (N, 2) host array. labels: optional (N,) host array of class labels; each distinct label
-    gets its own colour and a tick on a discrete colour bar. Without labels every point has one colour.
+    gets its own colour and its own entry in the legend. Without labels every point has one colour.
+    class_names: optional sequence of strings, ``class_names[k]`` naming the integer label k (e.g.
+    Fashion-MNIST's "T-shirt/top" for label 0); the legend then shows the names instead of the
+    numbers. Every label must then be an integer in [0, len(class_names)).
     """
-    _save_figure(_scatter_figure(means, labels), path)
+    _save_figure(_scatter_figure(means, labels, class_names), path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,6 +233,7 @@ def _loss_figure(epochs, train_loss, test_loss, test_loss_mean=None):
     ax.plot(x, curves["test_loss"], marker="o", markersize=3, label="test")
     if "test_loss_mean" in curves:
         ax.plot(x, curves["test_loss_mean"], marker="o", markersize=3, linestyle="--", label="test, z = mu")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no tick at 1.5
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per sample (nats)")
     ax.set_title("negative ELBO per sample")
@@ -238,15 +243,17 @@ def _loss_figure(epochs, train_loss, test_loss, test_loss_mean=None):
     return fig
 
 
-def _scatter_figure(means, labels=None):
+def _scatter_figure(means, labels=None, class_names=None):
     """The latent-scatter Figure (see ``save_latent_scatter``)."""
     means = np.asarray(means)
     if means.ndim != 2 or means.shape[1] != 2 or len(means) == 0:
         raise ValueError(f"save_latent_scatter: expected (N, 2) latent means, got shape {means.shape}")
-    fig = _new_figure(6.0, 5.0)
+    fig = _new_figure(7.2 if labels is not None else 6.0, 5.0)
     ax = fig.add_subplot()
     style = dict(s=4, alpha=0.7, linewidths=0)
     if labels is None:
+        if class_names is not None:
+            raise ValueError("save_latent_scatter: class_names given without labels; pass the labels too")
         ax.scatter(means[:, 0], means[:, 1], color="tab:blue", **style)
     else:
         labels = np.asarray(labels)
@@ -255,20 +262,44 @@ def _scatter_figure(means, labels=None):
                 f"save_latent_scatter: expected ({len(means)},) labels for {len(means)} means, "
                 f"got shape {labels.shape}"
             )
-        classes, index = np.unique(labels, return_inverse=True)
-        k = len(classes)
-        cmap = "tab10" if k <= 10 else "tab20" if k <= 20 else "viridis"
-        norm = BoundaryNorm(np.arange(k + 1) - 0.5, k)
-        points = ax.scatter(means[:, 0], means[:, 1], c=index.ravel(), cmap=cmap, norm=norm, **style)
-        colorbar = fig.colorbar(points, ax=ax, ticks=np.arange(k))
-        colorbar.ax.set_yticklabels([str(c) for c in classes])
-        colorbar.set_label("label")
+        classes = np.unique(labels)
+        names = _class_names(classes, class_names)
+        colours = _class_colours(len(classes))
+        for colour, label, name in zip(colours, classes, names):
+            rows = labels == label
+            ax.scatter(means[rows, 0], means[rows, 1], color=colour, label=name, **style)
+        ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  markerscale=3, fontsize=8, title_fontsize=9, frameon=False)
     ax.set_xlabel("z1 (posterior mean)")
     ax.set_ylabel("z2 (posterior mean)")
     ax.set_title("latent means")
     ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
     return fig
+
+
+def _class_names(classes, class_names):
+    """The legend entry of each distinct label: ``class_names[label]`` when names are given, else the
+    label itself as text."""
+    if class_names is None:
+        return [str(c) for c in classes]
+    class_names = [str(name) for name in class_names]
+    integers = np.issubdtype(classes.dtype, np.integer)
+    unnamed = [c for c in classes.tolist() if not (integers and 0 <= c < len(class_names))]
+    if unnamed:
+        raise ValueError(
+            f"save_latent_scatter: class_names has {len(class_names)} names, so every label must be an "
+            f"integer in [0, {len(class_names)}); these labels have no name: {unnamed[:5]}"
+        )
+    return [class_names[c] for c in classes]
+
+
+def _class_colours(k):
+    """k distinct colours: tab10 up to 10 classes, tab20 up to 20, viridis beyond."""
+    if k <= 20:
+        cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+        return [cmap(i) for i in range(k)]
+    return [matplotlib.colormaps["viridis"](i / (k - 1)) for i in range(k)]
 
 
 def _save_figure(fig, path):

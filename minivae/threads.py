@@ -3,11 +3,15 @@
 NumPy releases the GIL inside its ufuncs, so blocks of rows handed to different Python threads are
 computed side by side. The matrix products use BLAS's own threads; minivae/__init__.py says how the
 two share the cores. Host side only: a GPU backend uses one thread (one pass is one kernel there).
+NumPy's floating-point error settings (``np.errstate``) hold per thread: each block runs under the
+calling thread's, so a caller that silences overflow warnings silences them in every block.
 """
 
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
 
 
 def cpu_thread_count():
@@ -63,7 +67,8 @@ class RowThreads:
         edges = [rows * k // blocks for k in range(blocks + 1)]
         pieces = [[a[start:stop] for a in arrays] for start, stop in zip(edges[:-1], edges[1:])]
         pool = self._worker_pool()
-        others = [pool.submit(function, *piece) for piece in pieces[1:]]
+        errstate = np.geterr()  # np.errstate is per thread: the workers take the caller's
+        others = [pool.submit(_with_errstate, errstate, function, *piece) for piece in pieces[1:]]
         try:
             function(*pieces[0])
         finally:
@@ -81,6 +86,12 @@ class RowThreads:
 
     def _mark_worker(self):
         self._local.is_worker = True
+
+
+def _with_errstate(errstate, function, *arrays):
+    """``function(*arrays)`` under NumPy's floating-point error settings ``errstate`` (``np.geterr()``)."""
+    with np.errstate(**errstate):
+        function(*arrays)
 
 
 def _common_rows(arrays):

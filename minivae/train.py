@@ -19,14 +19,17 @@ import numpy as np
 
 from . import __version__, plots
 from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
+from .checkpoint import (BINARIZE_MODES, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, read_run_settings, restore,
+                         save_checkpoint)
+from .cli import Parser, add_output_flags, nonnegative_int, positive_float, positive_int, run_command
+from .conv import check_image_shape
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import LOCK_NAME, atomic_write, folder_lock
+from .interrupts import check_interrupt
 from .layers import ACTIVATIONS
 from .likelihoods import LIKELIHOODS
-from .model import VAE
+from .model import ARCHITECTURES, VAE
 from .optim import Adam
 
 METRICS_NAME = "metrics.csv"
@@ -40,7 +43,7 @@ RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype
 DEFAULTS = {
     "dataset": None, "binarize": "none", "backend": "numpy", "dtype": "float32", "epochs": 10,
     "batch_size": 128, "lr": 1e-3, "latent_dim": 20, "samples": 1, "hidden": [400], "decoder_hidden": None,
-    "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1,
+    "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1, "architecture": "mlp",
 }
 # Settings a resumed run may change; every other one must match the saved run.
 CHANGEABLE_ON_RESUME = ("epochs", "backend")
@@ -64,10 +67,13 @@ def build_parser():
     add("--samples", type=positive_int, help="L, z samples per datapoint (default: 1)")
     add("--hidden", type=positive_int, action="append", help="encoder hidden width; repeat for a deeper net (default: 400)")
     add("--decoder-hidden", type=positive_int, action="append", help="decoder hidden width (default: --hidden reversed)")
+    add("--architecture", choices=ARCHITECTURES,
+        help="mlp (Linear layers, --hidden) or conv (two stride-2 4x4 convolutions of 32 and 64 channels and a "
+             "Linear head; the decoder mirrors it; images whose sides are multiples of 4) (default: mlp)")
     add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
     add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
     add("--variance", type=positive_float, help="fixed variance of the gaussian likelihood (default: 1.0)")
-    add("--binarize", choices=("none", "static", "dynamic"),
+    add("--binarize", choices=BINARIZE_MODES,
         help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
     add("--seed", type=nonnegative_int, help="random seed (default: 1)")
     add("--out", default="results", help="folder for the run's files (default: results/)")
@@ -78,26 +84,24 @@ def build_parser():
     return parser
 
 
+PROGRAM = "minivae-train"
+MEMORY_HINT = "choose a smaller --hidden, --decoder-hidden, --latent-dim or --batch-size"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except MinivaeError as error:
-        if args.debug:
-            raise
-        print(f"minivae-train: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # writing a picture, metrics.csv or config.json: disk full, read-only, ...
-        if args.debug:
-            raise
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"minivae-train: error: {where}{error.strerror or error}; check that the --out folder is "
-              f"writable and has free space", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("minivae-train: interrupted; the last complete epoch's checkpoint is kept", file=sys.stderr)
-        return 130
-    return 0
+    """The command: 0 when done, 1 with one line on stderr for a failure, 130 for Ctrl-C (wherever it
+    lands: minivae/interrupts.py)."""
+    return run_command(PROGRAM, build_parser(), run, _what_is_kept, "the --out folder", MEMORY_HINT, argv)
+
+
+def _what_is_kept(args):
+    """After Ctrl-C: the checkpoint the run can be resumed from, if it has one."""
+    if args is None:
+        return "nothing was written"
+    out = args.resume or args.out
+    if os.path.isfile(os.path.join(out, CHECKPOINT_NAME)):
+        return f"{os.path.join(out, CHECKPOINT_NAME)} holds the last complete epoch; continue with --resume {out}"
+    return "no epoch was complete, so there is no checkpoint to resume from"
 
 
 def run(args):
@@ -152,6 +156,9 @@ def _prepare_out_folder(out, resuming):
     except OSError as error:
         raise MinivaeError(f"--out {out}: cannot create the folder ({error.strerror}); choose a writable folder")
     if not os.access(out, os.W_OK | os.X_OK):
+        if resuming:
+            raise MinivaeError(f"--resume {out}: the folder is not writable, so the run cannot continue there; "
+                               f"make it writable, or copy it to a writable place and resume the copy")
         raise MinivaeError(f"--out {out}: the folder is not writable; choose a writable folder")
 
 
@@ -177,11 +184,7 @@ def _read_saved_run(out, resuming):
     if not resuming:
         raise MinivaeError(f"--out {out} already holds a run ({CONFIG_NAME}); continue it with --resume {out}, "
                            f"or choose another --out")
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as error:
-        raise MinivaeError(f"{path}: cannot read the saved settings ({error}); start a new run with another --out")
+    return read_run_settings(path, "fix it, or start a new run with another --out")
 
 
 def _settings(args, saved):
@@ -192,9 +195,10 @@ def _settings(args, saved):
     if saved is None:
         return {**DEFAULTS, **given, "data_dir": data_dir}
     for key, value in given.items():
-        if key not in CHANGEABLE_ON_RESUME and saved.get(key) != value:
+        started_with = saved.get(key, DEFAULTS[key])  # a setting added since the run began has its default
+        if key not in CHANGEABLE_ON_RESUME and started_with != value:
             flag = "--" + key.replace("_", "-")
-            raise MinivaeError(f"--resume {args.resume}: the run was started with {flag} {saved.get(key)}, "
+            raise MinivaeError(f"--resume {args.resume}: the run was started with {flag} {started_with}, "
                                f"not {value}; drop {flag} to continue it, or start a new run with another --out")
     settings = {key: saved.get(key, default) for key, default in DEFAULTS.items()}
     settings.update({key: given[key] for key in CHANGEABLE_ON_RESUME if key in given})
@@ -217,10 +221,24 @@ def _load_data(settings, args, log):
 
 
 def _build_model(settings, dataset, backend):
+    architecture = settings["architecture"]
+    if architecture == "conv":
+        _check_conv_settings(settings, dataset)
     return VAE(input_dim=dataset.train_x.shape[1], hidden=settings["hidden"], latent_dim=settings["latent_dim"],
                decoder_hidden=settings["decoder_hidden"], activation=settings["activation"],
                likelihood=settings["likelihood"], variance=settings["variance"], n_samples=settings["samples"],
-               backend=backend)
+               backend=backend, architecture=architecture, image_shape=dataset.image_shape)
+
+
+def _check_conv_settings(settings, dataset):
+    """Refuse, in one line, what --architecture conv cannot do: MLP widths, images of other sizes."""
+    if settings["hidden"] != DEFAULTS["hidden"] or settings["decoder_hidden"] is not None:
+        raise MinivaeError("--hidden and --decoder-hidden set the MLP's widths; --architecture conv has no hidden "
+                           "Linear layers: drop them, or use --architecture mlp")
+    try:
+        check_image_shape(dataset.image_shape)
+    except ValueError as error:
+        raise MinivaeError(f"{dataset.name} ({dataset.source}): {error}") from None
 
 
 def _resume_state(out, model, optimizer, dataset, log):
@@ -307,6 +325,7 @@ class Trainer:
         progress = _progress_bar(n, epoch, self.show_progress)
         checked = 0
         for step in range(steps):
+            check_interrupt()  # a Ctrl-C that Python dropped in a callback stops the run here
             x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
             if dynamic:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
@@ -345,6 +364,7 @@ class Trainer:
         noise = backend.with_seed(self.settings["seed"] * 100_003 + epoch)
         sums = np.zeros(3)
         for start in range(0, self.test_x.shape[0], EVAL_BATCH_SIZE):
+            check_interrupt()
             x = self.test_x[start:start + EVAL_BATCH_SIZE]
             eps = None if use_mean else noise.standard_normal((model.n_samples, x.shape[0], model.latent_dim))
             reconstruction, kl = model.elbo_terms(x, eps, use_mean=use_mean)
@@ -381,7 +401,8 @@ def _write_epoch_outputs(trainer, epoch, history):
         plots.save_manifold(os.path.join(out, "manifold.png"), decode, image_shape)
         means = backend.to_numpy(model.encode(trainer.test_x[:5000])[0])
         labels = trainer.dataset.test_y[:5000] if trainer.dataset.test_y is not None else None
-        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels)
+        plots.save_latent_scatter(os.path.join(out, "latent_scatter.png"), means, labels,
+                                  trainer.dataset.class_names)
     save_checkpoint(os.path.join(out, CHECKPOINT_NAME), model, trainer.optimizer, epoch=epoch,
                     extra={"history": history, "settings": trainer.settings})
 

@@ -8,10 +8,16 @@ Device arrays are ``GuardArray`` objects wrapping a NumPy array. Like CuPy array
   TypeError. The explicit way in is ``xp.asarray(host_array)`` (``backend.to_device``).
 Python and NumPy scalars mix freely, and ``float()`` / ``bool()`` of a 0-d array work, as in CuPy.
 Reductions return 0-d device arrays, as in CuPy.
+
+Every call the device path makes through the guard (an ``xp`` or ``special`` function, a method of
+the random generator or of an array) is recorded in ``CALLS``, so that the cuda-check tests can check
+each one against the installed CuPy.
 """
 
 import collections
 import operator
+import os
+import sys
 import types
 
 import numpy as np
@@ -21,6 +27,16 @@ from minivae.backend import Backend
 
 # Every explicit copy between host and device, counted, so a test can bound them.
 TRANSFERS = collections.Counter()
+# Every call made through the guard: (namespace, name, number of positional arguments, keyword
+# names, "file:line" of the caller); namespace is "xp", "special", "rng" (the random generator),
+# "array" (an array method) or "kernels" (a fused kernel).
+CALLS = set()
+
+
+def _record(namespace, name, args, kwargs):
+    caller = sys._getframe(2)  # the code that called the guard's function or method
+    where = f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}"
+    CALLS.add((namespace, name, len(args), tuple(sorted(kwargs)), where))
 
 
 class GuardArray:
@@ -43,6 +59,7 @@ class GuardArray:
 
     def get(self):
         """The explicit device -> host copy."""
+        _record("array", "get", (), {})
         TRANSFERS["to_host"] += 1
         return self._array.copy()
 
@@ -77,6 +94,7 @@ class GuardArray:
         return operator.index(self._array)
 
     def item(self):
+        _record("array", "item", (), {})
         return self._array.item()
 
     # indexing
@@ -97,6 +115,7 @@ class GuardArray:
             raise AttributeError(name)
 
         def method(*args, **kwargs):
+            _record("array", name, args, kwargs)
             return _wrap(attribute(*_unwrap_all(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
 
         return method
@@ -170,16 +189,19 @@ def _wrap(value):
     return value
 
 
-def _device_function(function):
+def _device_function(function, namespace, name):
+    """``function`` on device arrays, recorded as ``namespace.name`` (how the code reaches it)."""
     def call(*args, **kwargs):
+        _record(namespace, name, args, kwargs)
         return _wrap(function(*_unwrap_all(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
 
-    call.__name__ = function.__name__
+    call.__name__ = name
     return call
 
 
 def _to_device(array, dtype=None):
     """The explicit host -> device copy (``cupy.asarray``)."""
+    _record("xp", "asarray", (array,), {} if dtype is None else {"dtype": dtype})
     TRANSFERS["to_device"] += 1
     if isinstance(array, GuardArray):
         return GuardArray(array._array.astype(dtype, copy=False)) if dtype is not None else array
@@ -194,9 +216,11 @@ class _GuardGenerator:
         self.bit_generator = self._generator.bit_generator
 
     def standard_normal(self, size=None, dtype=np.float64):
+        _record("rng", "standard_normal", (size,), {"dtype": dtype})
         return _wrap(self._generator.standard_normal(size, dtype=dtype))
 
     def random(self, size=None, dtype=np.float64):
+        _record("rng", "random", (size,), {"dtype": dtype})
         return _wrap(self._generator.random(size, dtype=dtype))
 
 
@@ -206,30 +230,32 @@ def _module():
                  "subtract", "matmul", "where", "concatenate", "stack", "tile", "argsort", "zeros", "ones", "empty",
                  "zeros_like", "empty_like", "ones_like", "isfinite", "isnan", "broadcast_to", "arange", "full",
                  "logaddexp", "sign", "linspace", "sum", "mean", "max", "min", "all", "any", "square"):
-        setattr(xp, name, _device_function(getattr(np, name)))
+        setattr(xp, name, _device_function(getattr(np, name), "xp", name))
     xp.asarray = _to_device
     xp.dtype = np.dtype
     xp.result_type = np.result_type  # of dtypes: no array data involved
     xp.float32, xp.float64 = np.float32, np.float64
     xp.ndarray = GuardArray
     xp.random = types.SimpleNamespace(default_rng=_GuardGenerator)
-    xp.linalg = types.SimpleNamespace(norm=_device_function(np.linalg.norm))
-    special = types.SimpleNamespace(expit=_device_function(scipy.special.expit),
-                                    logsumexp=_device_function(scipy.special.logsumexp))
+    xp.linalg = types.SimpleNamespace(norm=_device_function(np.linalg.norm, "xp", "linalg.norm"))
+    special = types.SimpleNamespace(expit=_device_function(scipy.special.expit, "special", "expit"),
+                                    logsumexp=_device_function(scipy.special.logsumexp, "special", "logsumexp"))
     return xp, special
 
 
-def _elementwise_kernel(body):
-    """Mimic a CuPy ElementwiseKernel: broadcast the device inputs, run ``body`` on NumPy arrays."""
+def _elementwise_kernel(name, body):
+    """Mimic the CuPy ElementwiseKernel ``name``: broadcast the device inputs, run ``body`` on NumPy arrays."""
     def kernel(*inputs):
+        _record("kernels", name, inputs, {})
         return _wrap(body(*np.broadcast_arrays(*_unwrap_all(inputs))))
 
+    kernel._body = body
     return kernel
 
 
 def _bernoulli_nll_and_grad(l, x):
     a = np.abs(l)
-    softplus = (l + a) * 0.5 + np.log1p(np.exp(-a))
+    softplus = np.maximum(l, 0) + np.log1p(np.exp(-a))
     return softplus - x * l, np.exp(l - softplus) - x
 
 
@@ -238,14 +264,15 @@ def _head_gradient(dz_sum, dz_eps_sum, mu, logvar):
 
 
 def guard_kernels():
-    """The kernels of ``minivae.backend.cupy_kernels``, same names, signatures and formulas, on the
+    """The kernels of ``minivae.kernels.cuda``, same names, signatures and formulas, on the
     guard's arrays: so CI runs the code that dispatches to fused kernels and reduces their output."""
-    return types.SimpleNamespace(
-        bernoulli_nll_and_grad=_elementwise_kernel(_bernoulli_nll_and_grad),
-        reparameterize=_elementwise_kernel(lambda mu, logvar, eps: mu + eps * np.exp(0.5 * logvar)),
-        kl_terms=_elementwise_kernel(lambda mu, logvar: -0.5 * (1 + logvar - mu * mu - np.exp(logvar))),
-        head_gradient=_elementwise_kernel(_head_gradient),
-    )
+    bodies = {
+        "bernoulli_nll_and_grad": _bernoulli_nll_and_grad,
+        "reparameterize": lambda mu, logvar, eps: mu + eps * np.exp(0.5 * logvar),
+        "kl_terms": lambda mu, logvar: -0.5 * (1 + logvar - mu * mu - np.exp(logvar)),
+        "head_gradient": _head_gradient,
+    }
+    return types.SimpleNamespace(**{name: _elementwise_kernel(name, body) for name, body in bodies.items()})
 
 
 class GuardBackend(Backend):
@@ -260,9 +287,3 @@ class GuardBackend(Backend):
 
     def with_seed(self, seed):
         return GuardBackend(self.dtype.name, seed, fused=self.kernels is not None)
-
-    def rng_state(self):
-        return self.rng.bit_generator.state
-
-    def set_rng_state(self, state):
-        self.rng.bit_generator.state = state

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -267,9 +268,10 @@ def test_restore_copies_into_the_existing_arrays(trained):
 
 
 def test_a_backend_without_an_exportable_random_state_saves_none(tmp_path):
-    """Backends other than NumPy (CuPy) raise BackendUnavailable from rng_state: the checkpoint records
-    that there is none, and restore says it did not restore one."""
+    """A backend whose generator exports no state raises BackendUnavailable from rng_state: the
+    checkpoint records that there is none, and restore says it did not restore one."""
     backend = Backend("fake-device", np, scipy.special, dtype="float32", seed=0)
+    backend.rng = _WithBitGenerator(backend.rng, object())
     model = small_model(backend)
     optimizer = Adam(model.parameters())
     train(model, optimizer, batch(backend), 1)
@@ -341,12 +343,15 @@ def test_restore_refuses_another_architecture_and_leaves_the_model_untouched(tra
     assert_snapshots_equal(snapshot(model, optimizer), before)
 
 
-def test_the_latent_size_message_names_the_flag(trained):
+def test_a_config_mismatch_gives_advice_that_can_be_followed(trained):
+    """issue 13, item 3: "pass --latent-dim 3" could not be followed (a resumed run refuses a changed
+    flag); the advice is the checkpoint's own config, or a new --out."""
     path, _, _ = trained
     model = small_model(numpy_backend("float32"), latent_dim=2)
-    with pytest.raises(CheckpointError, match="latent_dim=3, this model has latent_dim=2: pass --latent-dim 3 "
-                                              "or start a new --out folder"):
+    with pytest.raises(CheckpointError, match="latent_dim=3, this model has latent_dim=2: build the model from "
+                                              "the checkpoint's own config .* or start a new --out folder") as info:
         restore(load_checkpoint(path), model, Adam(model.parameters()))
+    assert "pass --" not in str(info.value)
 
 
 def test_restore_refuses_another_dtype(trained):
@@ -354,8 +359,10 @@ def test_restore_refuses_another_dtype(trained):
     model = small_model(numpy_backend("float64", seed=5))
     optimizer = Adam(model.parameters())
     before = snapshot(model, optimizer)
-    with pytest.raises(CheckpointError, match="dtype=float32, this model has dtype=float64: pass --dtype float32"):
+    with pytest.raises(CheckpointError, match="holds float32 arrays, this model computes in float64: build the "
+                                              "model from the checkpoint's own config") as info:
         restore(load_checkpoint(path), model, optimizer)
+    assert "pass --" not in str(info.value)  # issue 13, item 3: --dtype cannot change on --resume
     assert_snapshots_equal(snapshot(model, optimizer), before)
 
 
@@ -364,8 +371,10 @@ def test_restore_refuses_another_optimizer(trained):
     model = small_model(numpy_backend("float32", seed=5))
     optimizer = SGD(model.parameters(), momentum=0.5)
     before = snapshot(model, optimizer)
-    with pytest.raises(CheckpointError, match="optimizer=Adam, this optimizer is SGD"):
+    with pytest.raises(CheckpointError, match="state of an Adam optimizer, this one is SGD: restore it into an "
+                                              "Adam optimizer") as info:
         restore(load_checkpoint(path), model, optimizer)
+    assert "--optimizer" not in str(info.value)  # issue 13, item 3: not a flag of minivae.train
     assert_snapshots_equal(snapshot(model, optimizer), before)
 
 
@@ -633,3 +642,129 @@ def test_the_archive_is_plain_npz_with_no_pickles(trained):
     with zipfile.ZipFile(path) as archive:
         assert all(info.filename.endswith(".npy") for info in archive.infolist())
         np.lib.format.read_array(io.BytesIO(archive.read("meta.npy")), allow_pickle=False)
+
+
+# -- values no model can take (issue 13, items 5 and 7) -------------------------------------------------
+
+def _set(section, key, value):
+    def edit(meta):
+        (meta if section is None else meta[section] if section != "hyper" else meta["optimizer"]["hyperparameters"]
+         )[key] = value
+    return edit
+
+
+W = "param/encoder.0.W"
+BAD_VALUES = [
+    ({"add": {W: np.zeros((12, 8), dtype="<U3")}}, f"array '{W}' has dtype <U3, not the checkpoint's float32"),
+    ({"add": {W: np.zeros((12, 8), dtype=np.complex64)}}, f"array '{W}' has dtype complex64"),
+    ({"add": {W: np.zeros((12, 8), dtype=np.float64)}}, f"array '{W}' has dtype float64"),
+    ({"add": {W: np.full((12, 8), np.nan, dtype=np.float32)}}, f"array '{W}' holds NaN"),
+    ({"add": {"optim/v/decoder.0.b": np.full(8, np.inf, dtype=np.float32)}},
+     "array 'optim/v/decoder.0.b' holds inf"),
+    ({"add": {"optim/v/decoder.0.b": np.full(8, -1, dtype=np.float32)}}, "holds negative values"),
+    ({"edit_meta": _set("optimizer", "step", -1)}, "optimizer: step=-1 must be an integer >= 0"),
+    ({"edit_meta": _set("optimizer", "step", 2.5)}, "optimizer: step=2.5 must be an integer >= 0"),
+    ({"edit_meta": _set("hyper", "lr", "0.001")}, "optimizer hyperparameter lr='0.001' must be a finite number > 0"),
+    ({"edit_meta": _set("hyper", "lr", float("nan"))}, "lr=nan must be a finite number > 0"),
+    ({"edit_meta": _set("hyper", "beta2", 1.0)}, "beta2=1.0 must be a number in [0, 1)"),
+    ({"edit_meta": _set("hyper", "eps", True)}, "eps=True must be a finite number > 0"),
+    ({"edit_meta": _set(None, "epoch", "4")}, "epoch='4' must be an integer >= 0"),
+    ({"edit_meta": _set(None, "epoch", -4)}, "epoch=-4 must be an integer >= 0"),
+    ({"edit_meta": _set(None, "dtype", "float16")}, "dtype='float16' must be one of float32, float64"),
+    ({"edit_meta": _set("config", "hidden", [8.5])}, "config: hidden=[8.5] holds 8.5"),
+    ({"edit_meta": _set("config", "variance", float("inf"))}, "config: variance=inf must be a finite number > 0"),
+    ({"edit_meta": _set("config", "activation", "gelu")}, "config: activation='gelu' must be one of"),
+    ({"edit_meta": lambda m: m["config"].pop("latent_dim")}, "config: latent_dim is missing"),
+    ({"edit_meta": _set(None, "rng_state", [1, 2])}, "rng_state=[1, 2] must be an object"),
+]
+
+
+@pytest.mark.parametrize("change, words", BAD_VALUES, ids=[words for _, words in BAD_VALUES])
+def test_a_checkpoint_holding_values_no_model_can_take_is_refused_on_load(trained, tmp_path, change, words):
+    """Refused by load_checkpoint itself, naming the file and the array or field, before any model,
+    optimizer or backend is touched (a complex parameter used to lose its imaginary part with a
+    warning, v = inf froze a parameter silently, a string dtype or lr gave a traceback)."""
+    path, _, _ = trained
+    broken = rewrite(path, tmp_path / "broken.npz", **change)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(broken)
+    message = str(info.value)
+    assert words in message and os.fspath(broken) in message, message
+    assert "\n" not in message
+
+
+# -- CuPy's random state (issue 13, item 9) ---------------------------------------------------------------
+
+class _CurandLike:
+    """What Backend.rng_state sees of CuPy's XORWOW: the cuRAND state in a device int8 array ``_state``
+    (``state()`` is a method returning a pointer there, not a dict)."""
+
+    def __init__(self, xp, seed):
+        self._state = xp.asarray(np.random.default_rng(seed).integers(-128, 128, 480).astype(np.int8))
+
+    def state(self):
+        return 0
+
+
+class _WithBitGenerator:
+    """A generator drawing as ``generator`` does, showing ``bit_generator`` instead of its own."""
+
+    def __init__(self, generator, bit_generator):
+        self._generator, self.bit_generator = generator, bit_generator
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
+
+
+def _cupy_like(seed):
+    from device_guard import GuardBackend
+
+    backend = GuardBackend("float32", seed=0)
+    backend.rng = _WithBitGenerator(backend.rng, _CurandLike(backend.xp, seed))
+    return backend
+
+
+def test_a_cupy_random_state_round_trips_through_a_checkpoint(tmp_path):
+    """The device state is saved as the member rng/device_state and restored into the generator's
+    own device array, so a CuPy run resumes exactly (it used to be left out: "not supported")."""
+    saving = _cupy_like(seed=1)
+    model = small_model(saving)
+    optimizer = Adam(model.parameters())
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, model, optimizer, epoch=1)
+    saved = saving.rng.bit_generator._state.get()
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.rng_state["bit_generator"] == "_CurandLike"
+    np.testing.assert_array_equal(checkpoint.rng_state["device_state"], saved)
+
+    resuming = _cupy_like(seed=2)
+    target = small_model(resuming)
+    device_array = resuming.rng.bit_generator._state
+    assert (device_array.get() != saved).any()
+    assert restore(checkpoint, target, Adam(target.parameters())) is True
+    assert resuming.rng.bit_generator._state is device_array  # written into, not replaced
+    np.testing.assert_array_equal(device_array.get(), saved)
+
+
+def test_a_random_state_of_the_other_kind_is_not_restored(tmp_path, trained):
+    """A NumPy state on a CuPy-like generator (and back): restore reports False, the run goes on."""
+    path, _, _ = trained
+    cupy_like = _cupy_like(seed=3)
+    model = small_model(cupy_like)
+    before = cupy_like.rng.bit_generator._state.get()
+    assert restore(load_checkpoint(path), model, Adam(model.parameters())) is False
+    np.testing.assert_array_equal(cupy_like.rng.bit_generator._state.get(), before)
+    save_checkpoint(tmp_path / "cupy.npz", model, Adam(model.parameters()), epoch=1)
+    numpy_model = small_model(numpy_backend("float32"))
+    assert restore(load_checkpoint(tmp_path / "cupy.npz"), numpy_model, Adam(numpy_model.parameters())) is False
+
+
+def test_get_backend_takes_numpy_dtypes():
+    """issue 13, item 10: get_backend(dtype=np.float32) was refused."""
+    for dtype in (np.float32, np.dtype("float32"), "float32"):
+        assert numpy_backend(dtype).dtype == np.float32
+    for bad in (np.float16, "float16", None, "bogus"):
+        with pytest.raises(ValueError, match="dtype must be one of"):
+            numpy_backend(bad)

@@ -288,6 +288,51 @@ def test_command_errors_are_one_line(run_dir, tmp_path, capsys, case):
         evaluate.main([str(target), *argv, "--debug"])
 
 
+def test_a_failed_write_comes_after_the_table(run_dir, tmp_path, capsys):
+    """issue 13, item 6: a folder evaluation.json cannot be written to no longer loses the finished
+    computation: the table is printed first, then the one-line error naming the file."""
+    output = tmp_path / "no-such-folder" / "evaluation.json"
+    argv = [str(run_dir), "--iw-samples", "5", "--backend", "numpy", "--no-progress", "--output", str(output)]
+    assert evaluate.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].split() == ["nats", "per", "test", "point", "mean", "std.", "error"]
+    assert "wrote" not in out
+    assert err.count("\n") == 1 and err.startswith("minivae-evaluate: error: ") and "Traceback" not in err
+    assert str(output.parent) in err and "No such file or directory" in err
+
+
+@pytest.mark.parametrize("case, words", [
+    ("out-of-memory", ["out of memory (Unable to allocate", "pass a smaller --chunk"]),
+    ("config-not-an-object", ["config.json: the run's settings are a JSON list, not an object"]),
+    ("config-null-seed", ["config.json: seed=None must be an integer >= 0"]),
+    ("checkpoint-string-lr", ["optimizer hyperparameter lr='fast' must be a finite number > 0"]),
+])
+def test_more_failures_are_one_line(run_dir, tmp_path, capsys, case, words):
+    """issue 13, item 5: out of memory, a config.json that is not an object or holds null, a
+    checkpoint value no model can take: one line each, no traceback."""
+    copy = shutil.copytree(run_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("evaluation.json"))
+    argv = [str(copy), "--iw-samples", "5", "--backend", "numpy", "--no-progress"]
+    config = json.loads((copy / "config.json").read_text())
+    if case == "out-of-memory":
+        argv = [str(copy), "--iw-samples", str(10 ** 11), "--chunk", str(10 ** 11), "--backend", "numpy"]
+    elif case == "config-not-an-object":
+        (copy / "config.json").write_text("[1, 2]")
+    elif case == "config-null-seed":
+        (copy / "config.json").write_text(json.dumps({**config, "seed": None}))
+    else:
+        with np.load(copy / "checkpoint.npz") as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        meta = json.loads(str(arrays["meta"][()]))
+        meta["optimizer"]["hyperparameters"]["lr"] = "fast"
+        arrays["meta"] = np.array(json.dumps(meta))
+        np.savez(copy / "checkpoint.npz", **arrays)
+    assert evaluate.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("minivae-evaluate: error: ") and "Traceback" not in err, err
+    assert all(word in err for word in words), err
+    assert not (copy / "evaluation.json").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # the examples, in their quickest modes
 

@@ -12,6 +12,7 @@
 import errno
 import gzip
 import io
+import json
 import math
 import os
 import shutil
@@ -253,7 +254,7 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(run_args, re
 
 @pytest.mark.parametrize("crash, status, words", [
     (OSError(errno.ENOSPC, "No space left on device"), 1, ["cannot write checkpoint", "No space left"]),
-    (KeyboardInterrupt(), 130, ["interrupted; the last complete epoch's checkpoint is kept"]),
+    (KeyboardInterrupt(), 130, ["interrupted; ", "checkpoint.npz holds the last complete epoch; continue with --resume"]),
 ], ids=["disk-full", "interrupt"])
 def test_a_crash_while_writing_epoch_2s_checkpoint_keeps_epoch_1s(run_args, reference, tmp_path, monkeypatch,
                                                                   capsys, crash, status, words):
@@ -667,3 +668,130 @@ def test_a_stale_lock_is_taken_over(run_args, tmp_path, content):
     assert train.main(run_args(out, epochs=1)) == 0
     assert load_checkpoint(out / "checkpoint.npz").epoch == 1
     assert not (out / ".lock").exists()
+
+
+# ------------------------------------------------------------------- issue 13: every failure one line
+
+def edit_checkpoint(path, meta_edit=None, arrays=None):
+    """Rewrite the checkpoint at ``path`` with its metadata edited and some arrays replaced."""
+    with np.load(path) as npz:
+        members = {key: npz[key] for key in npz.files}
+    if meta_edit is not None:
+        meta = json.loads(str(members["meta"][()]))
+        meta_edit(meta)
+        members["meta"] = np.array(json.dumps(meta))
+    members.update(arrays or {})
+    np.savez(path, **members)
+
+
+def _set_meta(*keys, value):
+    def edit(meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        meta[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda out: (out / "config.json").write_text("[1, 2]"),
+     ["config.json: the run's settings are a JSON list, not an object", "start a new run with another --out"]),
+    (lambda out: (out / "config.json").write_text(
+        json.dumps({**json.loads((out / "config.json").read_text()), "batch_size": None})),
+     ["config.json: batch_size=None must be an integer >= 1"]),
+    (lambda out: (out / "config.json").write_text(
+        json.dumps({**json.loads((out / "config.json").read_text()), "lr": "1e-3"})),
+     ["config.json: lr='1e-3' must be a finite number > 0"]),
+    (lambda out: edit_checkpoint(out / "checkpoint.npz", arrays={
+        "param/encoder.0.W": np.zeros((SIDE * SIDE, 16), dtype="<U2")}),
+     ["checkpoint.npz holds values no model can take: array 'param/encoder.0.W' has dtype <U2"]),
+    (lambda out: edit_checkpoint(out / "checkpoint.npz", arrays={
+        "param/encoder.0.W": np.zeros((SIDE * SIDE, 16), dtype=np.complex64)}),
+     ["array 'param/encoder.0.W' has dtype complex64"]),
+    (lambda out: edit_checkpoint(out / "checkpoint.npz", arrays={
+        "optim/v/decoder.0.b": np.full(16, np.inf, dtype=np.float32)}),
+     ["array 'optim/v/decoder.0.b' holds inf"]),
+    (lambda out: edit_checkpoint(out / "checkpoint.npz", arrays={
+        "param/decoder.2.b": np.full(SIDE * SIDE, np.nan, dtype=np.float32)}),
+     ["array 'param/decoder.2.b' holds NaN"]),
+    (lambda out: edit_checkpoint(out / "checkpoint.npz", _set_meta("optimizer", "step", value=-3)),
+     ["optimizer: step=-3 must be an integer >= 0"]),
+    (lambda out: edit_checkpoint(out / "checkpoint.npz", _set_meta("optimizer", "hyperparameters", "lr", value="x")),
+     ["optimizer hyperparameter lr='x' must be a finite number > 0"]),
+], ids=["config-list", "config-null", "config-string-lr", "string-dtype", "complex", "v-inf", "nan", "negative-step",
+        "string-lr"])
+def test_resume_of_a_run_with_unusable_values_is_one_line(finished_run, tmp_path, capsys, damage, words):
+    """issue 13, items 5 and 7: each of these was a traceback, or accepted (complex: imaginary part
+    dropped with a warning; v = inf: the parameter froze; NaN: blamed later on the learning rate)."""
+    out = copy_of(finished_run, tmp_path)
+    damage(out)
+    before = (out / "checkpoint.npz").read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert train.main(["--resume", str(out), "--epochs", "3"]) == 1
+    assert_one_line_error(capsys.readouterr().err, *words)
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--hidden", "--latent-dim"])
+def test_out_of_memory_is_one_line(data_dir, tmp_path, capsys, flag):
+    """issue 13, item 5: a model too big for memory was a MemoryError traceback."""
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--quiet", "--batch-size", "8", flag,
+            str(10 ** 12)]
+    assert train.main(argv) == 1
+    assert_one_line_error(capsys.readouterr().err, "out of memory (Unable to allocate", "choose a smaller --hidden")
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_a_resume_folder_that_is_not_writable_is_named_as_such(finished_run, tmp_path, monkeypatch, capsys):
+    """issue 13, item 11: a read-only --resume DIR was reported as "--out DIR is not writable"."""
+    out = copy_of(finished_run, tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(train.os, "access", lambda path, mode: False if str(path) == str(out) else
+                        real_access(path, mode))  # chmod cannot stop root, who runs CI's containers
+    assert train.main(["--resume", str(out)]) == 1
+    assert_one_line_error(capsys.readouterr().err, f"--resume {out}: the folder is not writable")
+
+
+def test_a_full_disk_while_locking_leaves_no_claim_and_names_the_lock(run_args, tmp_path, monkeypatch, capsys):
+    """issue 13, item 8: every failed attempt left a .lock.* claim file behind, and the error named
+    no file."""
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.handle = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    for _ in range(3):
+        assert train.main(run_args(out)) == 1
+        assert_one_line_error(capsys.readouterr().err, f"{out / '.lock'}: cannot write the lock file (No space left "
+                                                       "on device)", "free space")
+    assert os.listdir(out) == []
+
+
+def test_resume_advice_for_a_checkpoint_that_disagrees_with_config_json_can_be_followed(finished_run, tmp_path,
+                                                                                       capsys):
+    """issue 13, item 3: the checkpoint said "pass --latent-dim 3", and passing it was refused with
+    "drop --latent-dim"; the advice now points at the files, and following it works."""
+    out = copy_of(finished_run, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "latent_dim": 4}))
+    assert train.main(["--resume", str(out), "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "latent_dim=3, this model has latent_dim=4", "config.json must say the same",
+                          "start a new --out folder")
+    assert "pass --" not in err
+    (out / "config.json").write_text(json.dumps(config))  # the advice: the checkpoint's own config
+    assert train.main(["--resume", str(out), "--epochs", "3"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz").epoch == 3

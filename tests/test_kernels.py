@@ -1,9 +1,17 @@
 """The fused elementwise kernels a backend offers (CuPy's, and the device guard's stand-ins) against
 the plain xp code they replace: the same formulas, so the same numbers to rounding."""
 
+import ast
+import inspect
+import pathlib
+
 import pytest
 
+import device_guard
+import minivae
+from device_guard import guard_kernels
 from minivae.gaussian import head_gradient, kl_divergence, reparameterize
+from minivae.kernels import cuda
 from minivae.likelihoods import Bernoulli
 
 
@@ -23,6 +31,7 @@ def test_fused_kernels_match_the_plain_code(make_backend, dtype, n_samples):
         assert backend.name in ("numpy", "device-guard")  # only CuPy-like backends bring kernels
         return
     xp = backend.xp
+    device_guard.CALLS.clear()
     mu, logvar = backend.standard_normal((5, 3)), backend.standard_normal((5, 3)) * 3
     eps = backend.standard_normal((n_samples, 5, 3))
     dz = backend.standard_normal((n_samples * 5, 3))
@@ -36,3 +45,27 @@ def test_fused_kernels_match_the_plain_code(make_backend, dtype, n_samples):
     plain = Bernoulli(backend).nll_and_grad(logits, x)
     for a, b in zip(fused, plain):
         _close(backend, a, b)
+    if backend.name == "device-guard":  # this test compares every kernel there is (on every backend)
+        assert {call[1] for call in device_guard.CALLS if call[0] == "kernels"} == set(cuda.SOURCES)
+
+
+def test_the_guard_offers_the_cuda_kernels_with_their_arities():
+    """The device guard's stand-ins are the kernels of minivae.kernels.cuda, name for name, and each
+    takes as many inputs as the CUDA kernel declares."""
+    guard = vars(guard_kernels())
+    assert sorted(guard) == sorted(cuda.SOURCES)
+    for name, source in cuda.SOURCES.items():
+        n_inputs = len(source.in_params.split(","))
+        assert len(inspect.signature(guard[name]._body).parameters) == n_inputs, name
+
+
+def test_every_kernel_the_library_calls_is_a_cuda_kernel():
+    """``kernels.<name>`` in the compute modules names a kernel of minivae.kernels.cuda."""
+    used = set()
+    for path in pathlib.Path(minivae.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute)):
+                owner = node.value.id if isinstance(node.value, ast.Name) else node.value.attr
+                if owner == "kernels":
+                    used.add(node.attr)
+    assert used and used <= set(cuda.SOURCES), used - set(cuda.SOURCES)

@@ -78,5 +78,17 @@ def test_bernoulli_is_finite_and_exact_at_extreme_logits(make_backend, dtype, lo
 def test_unknown_likelihood_and_bad_variance_are_refused(make_backend):
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
         make_likelihood("poisson", make_backend())
-    with pytest.raises(ValueError, match="variance must be > 0"):
-        Gaussian(make_backend(), variance=0.0)
+    for variance in (0.0, -1.0, float("inf"), float("nan")):  # inf: issue 13, item 10
+        with pytest.raises(ValueError, match="variance must be a finite number > 0"):
+            Gaussian(make_backend(), variance=variance)
+
+
+def test_softplus_does_not_overflow_at_the_largest_float32_logits(make_backend):
+    """issue 13, item 11: max(l, 0) written (l + |l|) / 2 overflowed for float32 logits above ~1.7e38."""
+    backend = make_backend("float32")
+    largest = float(np.finfo(np.float32).max)
+    logits = backend.to_device(np.array([[largest, -largest, 2e38, 0.0]]))
+    x = backend.to_device(np.array([[1.0, 0.0, 1.0, 0.5]]))
+    nll, dlogits = Bernoulli(backend).nll_and_grad(logits, x)
+    assert bool(backend.xp.isfinite(nll).all()) and bool(backend.xp.isfinite(dlogits).all())
+    assert float(nll[0]) == pytest.approx(np.log(2), rel=1e-6)  # only the logit 0 costs anything

@@ -146,11 +146,56 @@ def test_training_lowers_the_loss(make_backend):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"latent_dim": 0}, "latent_dim must be >= 1"),
-    ({"hidden": (4, 0)}, "hidden sizes must be >= 1"),
-    ({"n_samples": 0}, "n_samples must be >= 1"),
-    ({"activation": "gelu"}, "unknown activation 'gelu'"),
+    ({"latent_dim": 0}, "latent_dim=0 must be an integer >= 1"),
+    ({"hidden": (4, 0)}, r"hidden=\(4, 0\) holds 0: each item must be an integer >= 1"),
+    ({"n_samples": 0}, "n_samples=0 must be an integer >= 1"),
+    ({"activation": "gelu"}, "activation='gelu' must be one of relu, tanh, sigmoid"),
+    # issue 13, item 10: nothing accepted silently
+    ({"hidden": (), "activation": "bogus"}, "activation='bogus' must be one of"),
+    ({"hidden": (5.9,)}, r"hidden=\(5.9,\) holds 5.9"),
+    ({"n_samples": 2.7}, "n_samples=2.7 must be an integer"),
+    ({"latent_dim": True}, "latent_dim=True must be an integer"),
+    ({"likelihood": "gaussian", "variance": float("inf")}, "variance=inf must be a finite number > 0"),
+    ({"likelihood": "poisson"}, "likelihood='poisson' must be one of bernoulli, gaussian"),
+    ({"architecture": "resnet"}, "architecture='resnet' must be one of mlp, conv"),
+    ({"architecture": "conv", "input_dim": 16, "image_shape": (4, 4), "channels": (2, 0)},
+     r"channels=\(2, 0\) holds 0: each item must be an integer >= 1"),
 ])
 def test_bad_model_settings_are_refused(make_backend, kwargs, message):
     with pytest.raises(ValueError, match=message):
         VAE(**{"input_dim": 5, **kwargs}, backend=make_backend())
+
+
+def test_a_linear_encoder_and_decoder_are_allowed():
+    """hidden=() is a model without hidden layers (one Linear each way), not an error."""
+    model = VAE(input_dim=5, hidden=(), latent_dim=2)
+    assert [layer.W.data.shape for layer in model.encoder.layers] == [(5, 4)]
+
+
+@pytest.mark.parametrize("make_x, error, message", [
+    (lambda b: b.to_device(np.ones((0, 5))), ValueError, r"shape \(B >= 1, 5\), got shape \(0, 5\)"),
+    (lambda b: b.to_device(np.ones(5)), ValueError, r"got shape \(5,\)"),
+    (lambda b: b.to_device(np.ones((3, 4))), ValueError, r"got shape \(3, 4\)"),
+    (lambda b: b.xp.asarray(np.ones((3, 5))), TypeError, "dtype float64, the model computes in float32"),
+    (lambda b: b.xp.asarray(np.full((3, 5), 255, dtype=np.uint8)), TypeError, "dtype uint8"),
+], ids=["empty", "1-d", "width", "float64", "uint8"])
+def test_a_bad_batch_is_refused_in_one_clear_error(make_backend, make_x, error, message):
+    """issue 13, item 10: float64 data into a float32 model used to compute in float64 silently; an
+    empty batch or a 1-D x gave a raw NumPy error."""
+    backend = make_backend("float32")
+    model = VAE(input_dim=5, hidden=(4,), latent_dim=2, backend=backend)
+    x = make_x(backend)
+    for call in (model.loss_and_backward, model.elbo_terms, model.encode, model.reconstruct):
+        with pytest.raises(error, match=message):
+            call(x)
+
+
+def test_pixels_of_0_to_255_are_refused_by_the_bernoulli_likelihood():
+    """issue 13, item 10: uint8-scaled pixels as floats gave a loss of ~9e12."""
+    model = VAE(input_dim=5, hidden=(4,), latent_dim=2)
+    x = model.backend.to_device(np.full((3, 5), 255.0))
+    for call in (model.loss_and_backward, model.elbo_terms):
+        with pytest.raises(ValueError, match=r"values in \[255, 255\].*needs them in \[0, 1\].*255"):
+            call(x)
+    gaussian = VAE(input_dim=5, hidden=(4,), latent_dim=2, likelihood="gaussian")
+    assert np.isfinite(float(gaussian.loss_and_backward(x).total))  # any real x for a Gaussian

@@ -142,3 +142,93 @@ def test_optimizer_shares_the_model_buffer_and_writes_through_views(make_backend
     assert all(bool((p.data != b).any()) for p, b in zip(model.parameters(), before))
     model.buffer.data[...] = 0  # every parameter is a view into the buffer
     assert all(float(abs(p.data).max()) == 0 for p in model.parameters())
+
+
+def _model(backend):
+    from minivae.model import VAE
+
+    return VAE(input_dim=6, hidden=(5,), latent_dim=2, backend=backend)
+
+
+def _fill_grads(model, backend):
+    model.buffer.grad[...] = backend.to_device(np.linspace(0.1, 1, model.buffer.grad.size))
+
+
+def test_assigning_p_data_copies_into_the_buffer_and_adam_still_trains_it(make_backend):
+    """issue 13, item 2: ``p.data = p.data.copy()`` (loading weights by assignment) used to rebind
+    p.data off the buffer, so that Adam's steps left p unchanged, silently."""
+    backend = make_backend("float64")
+    model = _model(backend)
+    adam = Adam(model.parameters())
+    W = model.encoder.layers[0].W
+    loaded = backend.to_device(np.full(W.data.shape, 0.25))
+    W.data = loaded
+    W.grad = W.grad * 0 + 1  # the same for grad
+    assert float(W.data[0, 0]) == 0.25
+    _fill_grads(model, backend)
+    adam.step()
+    assert float(abs(W.data - 0.25).min()) > 0  # trained: every weight moved by ~lr
+    np.testing.assert_array_equal(backend.to_numpy(model.buffer.data[model.buffer.slices[W.name]]),
+                                  backend.to_numpy(W.data).reshape(-1))
+    with pytest.raises(ValueError, match="parameter encoder.0.W: cannot assign data of shape \\(3,\\)"):
+        W.data = backend.to_device(np.zeros(3))
+    with pytest.raises(TypeError, match="dtype complex128"):
+        W.data = backend.xp.asarray(np.zeros(W.data.shape, dtype=complex))
+
+
+def test_an_optimizer_of_some_parameters_shares_the_model_buffer(make_backend):
+    """issue 13, item 2: ``SGD(model.encoder.parameters())`` used to repack those parameters into a
+    buffer of its own, after which the first optimizer no longer updated them and model.buffer no
+    longer held them."""
+    backend = make_backend("float64")
+    model = _model(backend)
+    adam = Adam(model.parameters())
+    encoder_sgd = SGD(model.encoder.parameters(), lr=0.1)
+    assert encoder_sgd.buffer is adam.buffer is model.buffer
+    _fill_grads(model, backend)
+    before = np.array(backend.to_numpy(model.buffer.data))
+    adam.step()
+    after_adam = np.array(backend.to_numpy(model.buffer.data))
+    assert (after_adam != before).all()  # Adam still moves every parameter, the encoder's too
+    for p in model.parameters():
+        np.testing.assert_array_equal(backend.to_numpy(p.data).reshape(-1),
+                                      after_adam[model.buffer.slices[p.name]])
+    encoder_sgd.step()
+    after_sgd = np.array(backend.to_numpy(model.buffer.data))
+    encoder = [model.buffer.slices[p.name] for p in model.encoder.parameters()]
+    decoder = [model.buffer.slices[p.name] for p in model.decoder.parameters()]
+    grad = backend.to_numpy(model.buffer.grad)
+    for where in encoder:
+        np.testing.assert_allclose(after_sgd[where], after_adam[where] - 0.1 * grad[where], rtol=1e-12)
+    for where in decoder:
+        np.testing.assert_array_equal(after_sgd[where], after_adam[where])
+
+
+def test_an_optimizer_of_scattered_parameters_updates_exactly_those(make_backend):
+    """Parameters that are not side by side in the buffer (the decoder's bias, the encoder's weight)
+    are updated in place, and their state round-trips by name."""
+    backend = make_backend("float64")
+    model = _model(backend)
+    chosen = [model.decoder.layers[-1].b, model.encoder.layers[0].W]
+    sgd = SGD(chosen, lr=0.5, momentum=0.9)
+    assert len(sgd.segments) == 2
+    _fill_grads(model, backend)
+    before = np.array(backend.to_numpy(model.buffer.data))
+    sgd.step()
+    after, grad = np.array(backend.to_numpy(model.buffer.data)), backend.to_numpy(model.buffer.grad)
+    moved = np.zeros(before.size, dtype=bool)
+    for p in chosen:
+        moved[model.buffer.slices[p.name]] = True
+    np.testing.assert_allclose(after[moved], before[moved] - 0.5 * grad[moved], rtol=1e-12)
+    np.testing.assert_array_equal(after[~moved], before[~moved])
+    state = sgd.state_dict()
+    assert sorted(state["momentum_buffer"]) == sorted(p.name for p in chosen)
+    for p in chosen:
+        np.testing.assert_array_equal(backend.to_numpy(state["momentum_buffer"][p.name]), backend.to_numpy(p.grad))
+
+
+def test_parameters_of_two_models_in_one_optimizer_are_refused(make_backend):
+    backend = make_backend("float64")
+    first, second = _model(backend), _model(backend)
+    with pytest.raises(ValueError, match="not all packed in one ParameterBuffer"):
+        Adam(first.encoder.parameters()[:1] + second.decoder.parameters()[:1])

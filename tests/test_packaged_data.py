@@ -151,3 +151,11 @@ def test_the_bare_command_trains_on_the_packaged_dataset_offline(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((results / "evaluation.json").read_text())
     assert report["dataset"] == SMALL
+
+
+def test_class_names_are_kept_only_when_every_label_has_one(tmp_path):
+    labels = np.array([0, 3, 9, 1], np.uint8)
+    full_dataset(tmp_path / "digits", train_labels=labels, test_labels=labels[:2])
+    assert data.load_dataset("mnist", data_dir=tmp_path / "digits").class_names == data.MNIST_CLASSES
+    full_dataset(tmp_path / "other", train_labels=labels, test_labels=[0, 10])
+    assert data.load_dataset("mnist", data_dir=tmp_path / "other").class_names is None

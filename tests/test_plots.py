@@ -162,6 +162,20 @@ def test_loss_figure_axes_labels_legend_and_data():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train", "test"]
 
 
+@pytest.mark.parametrize("n_epochs", [1, 2, 3, 7, 50])
+def test_loss_curve_ticks_are_whole_epochs(n_epochs):
+    epochs = np.arange(1, n_epochs + 1)
+    fig = plots._loss_figure(epochs, 100 + 50 / epochs, 105 + 50 / epochs)
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]  # the ticks that are drawn
+    assert ticks, "no tick on the epoch axis"
+    assert all(t == round(t) for t in ticks), ticks
+    labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert labels and all(text.lstrip("\u2212-").isdigit() for text in labels), labels
+
+
 @pytest.mark.parametrize("with_mean", [False, True])
 def test_save_loss_curves_writes_png(tmp_path, with_mean):
     path = tmp_path / "loss.png"
@@ -242,18 +256,53 @@ def test_save_manifold_rejects_decode_output_of_the_wrong_shape(tmp_path):
 
 # ---- latent scatter ---------------------------------------------------------------------------------
 
-def test_scatter_figure_with_labels_has_a_discrete_colorbar():
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")
+
+
+def _legend_entries(fig):
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_scatter_figure_with_labels_has_one_legend_entry_and_colour_per_class():
     rng = np.random.default_rng(0)
     means, labels = rng.normal(size=(50, 2)), rng.integers(0, 10, size=50)
     labels[:10] = np.arange(10)
     fig = plots._scatter_figure(means, labels)
-    ax, colorbar_ax = fig.axes
-    (points,) = ax.collections
-    np.testing.assert_array_equal(points.get_offsets(), means)
-    np.testing.assert_array_equal(points.get_array(), labels)  # labels 0..9 are their own class index
-    assert [t.get_text() for t in colorbar_ax.get_yticklabels()] == [str(k) for k in range(10)]
-    fig.canvas.draw()  # colours are mapped from the labels at draw time
-    assert len(np.unique(points.get_facecolors(), axis=0)) == 10
+    (ax,) = fig.axes
+    assert _legend_entries(fig) == [str(k) for k in range(10)]
+    assert len(ax.collections) == 10
+    for k, points in enumerate(ax.collections):  # class k's points, in the legend's order
+        np.testing.assert_array_equal(points.get_offsets(), means[labels == k])
+    colours = np.concatenate([points.get_facecolors() for points in ax.collections])
+    assert len(np.unique(colours, axis=0)) == 10
+
+
+def test_scatter_legend_shows_class_names_when_given():
+    labels = np.array([3, 0, 9, 3, 0], dtype=np.uint8)  # IDX label files hold uint8
+    fig = plots._scatter_figure(np.random.default_rng(0).normal(size=(5, 2)), labels, class_names=FASHION_NAMES)
+    assert _legend_entries(fig) == ["T-shirt/top", "Dress", "Ankle boot"]
+    assert fig.axes[0].get_legend().get_title().get_text() == "class"
+
+
+def test_save_latent_scatter_with_class_names_writes_png(tmp_path):
+    path = tmp_path / "latent.png"
+    plots.save_latent_scatter(path, np.random.default_rng(0).normal(size=(100, 2)), np.arange(100) % 10,
+                              class_names=FASHION_NAMES)
+    _read_png(path)
+
+
+@pytest.mark.parametrize("labels, class_names, message", [
+    (np.array([0, 1, 10]), FASHION_NAMES, r"10 names.*\[0, 10\).*no name: \[10\]"),
+    (np.array([-1, 0]), FASHION_NAMES, r"no name: \[-1\]"),
+    (np.array(["a", "b"]), FASHION_NAMES, r"no name: \['a', 'b'\]"),
+    (None, FASHION_NAMES, "class_names given without labels"),
+])
+def test_scatter_rejects_labels_without_a_class_name(tmp_path, labels, class_names, message):
+    means = np.zeros((2, 2)) if labels is None else np.zeros((len(labels), 2))
+    with pytest.raises(ValueError, match=message):
+        plots.save_latent_scatter(tmp_path / "latent.png", means, labels, class_names)
+    assert os.listdir(tmp_path) == []
 
 
 def test_scatter_figure_without_labels_uses_one_colour():

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -199,3 +200,20 @@ def test_importing_minivae_sets_the_openblas_thread_timeout_unless_set(preset, e
             "import minivae\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == expected
+
+
+def test_the_callers_errstate_holds_in_every_block():
+    """issue 13, item 4: np.errstate is per thread, so the likelihood's blocks on the worker threads
+    warned (8 RuntimeWarnings before the one-line NaN error of a diverging run) although the
+    training loop silences them. Infinite logits make softplus(l) - x*l = inf - inf in every block."""
+    backend = numpy_backend("float64", threads=2)
+    rows = 4 * RowThreads.min_elements_per_thread // 8
+    logits = np.full((rows, 8), np.inf)
+    x = np.ones((rows, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning in any thread would be raised there, and reach us
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            nll, _ = Bernoulli(backend).nll_and_grad(logits, x)
+    assert np.isnan(nll).all()
+    with pytest.warns(RuntimeWarning):  # outside the errstate the warning is there: the test can fail
+        Bernoulli(backend).nll_and_grad(logits, x)

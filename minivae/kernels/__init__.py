@@ -1,2 +1,5 @@
-"""Fused elementwise kernels, one module per engine: cpu.py (Numba) and cuda.py (CuPy). Each
-computes the formulas of the plain ``xp`` code it replaces; the Backend chooses (backend.py)."""
+"""Fused elementwise kernels, one module per engine: ``cuda`` holds CuPy's, ``cpu`` Numba's. Each
+kernel computes the formulas of the plain ``xp`` code it replaces (layers, gaussian, likelihoods,
+optim), which stays the readable reference; the tests compare the two. ``backend.py`` chooses which
+engine's kernels a Backend gets, or none (then the plain code runs).
+"""
