@@ -40,11 +40,14 @@ def _pair(dtype, threads=1, min_elements=None):
 
 
 def _close(actual, expected, scale, dtype):
-    """|actual - expected| <= ULPS * eps * scale, elementwise (scale broadcasts), NaN where the other is NaN."""
+    """|actual - expected| <= ULPS * eps * scale, elementwise (scale broadcasts); NaN and infinities
+    where the other has the same."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.dtype == expected.dtype == np.dtype(dtype)
     assert np.array_equal(np.isnan(actual), np.isnan(expected))
-    finite = ~np.isnan(expected)
+    infinite = np.isinf(expected)
+    assert np.array_equal(actual[infinite], expected[infinite])
+    finite = np.isfinite(expected)
     error = np.abs(actual[finite].astype(np.float64) - expected[finite])
     bound = ULPS * np.finfo(dtype).eps * np.broadcast_to(scale, expected.shape)[finite]
     assert (error <= bound).all(), float((error / bound).max())
@@ -136,8 +139,9 @@ def test_bernoulli_kernel_matches_the_plain_code(dtype, scale):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bernoulli_kernel_at_extreme_and_non_finite_logits(dtype):
     fused, plain = _pair(dtype)
+    big = np.finfo(dtype).max
     logits = np.array([[0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 88.0, -88.0, 104.0, -104.0, 745.0, -745.0,
-                        1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan]], dtype=dtype).repeat(2, axis=0)
+                        1e4, -1e4, 1e30, -1e30, big, -big, np.inf, -np.inf, np.nan]], dtype=dtype).repeat(2, axis=0)
     x = np.zeros_like(logits)
     x[1] = 1.0
     for column in range(logits.shape[1]):  # one value per row, so that a NaN does not hide the others

@@ -206,11 +206,10 @@ def _log1p_unit(e, c):
 
 @numba.njit(inline="always", **_JIT)
 def _softplus(l, c):
-    """(softplus(l), e) with e = exp(-|l|) in [0, 1]: ``softplus(l) = (l + |l|)/2 + log1p(e)``, as
-    ``Bernoulli._softplus`` writes it."""
-    a = abs(l)
-    e = _exp_minus(a, c)
-    return (l + a) * c.half + _log1p_unit(e, c), e
+    """(softplus(l), e) with e = exp(-|l|) in [0, 1]: ``softplus(l) = max(l, 0) + log1p(e)``, as
+    ``Bernoulli._softplus`` writes it (max keeping a NaN, as NumPy's does)."""
+    e = _exp_minus(abs(l), c)
+    return (c.zero if l < c.zero else l) + _log1p_unit(e, c), e
 
 
 @numba.njit(inline="always", **_JIT)
