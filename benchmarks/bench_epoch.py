@@ -8,9 +8,22 @@ steps, ``--repeats`` epochs are timed and the median is reported. The repeats ar
 (every row once, then every row again, ...) so that a slow spell of a shared machine does not fall
 on one row alone; the best time is reported too.
 
-Backends: numpy float32 / float64, cupy float32 (when a CUDA device is usable) and, when
+Backends: numpy float32 (with minivae's fused Numba kernels, and ``numpy-float32-plain`` with its
+plain NumPy code), numpy float64, cupy float32 (when a CUDA device is usable) and, when
 ``import torch`` works, the classic PyTorch example's model (benchmarks/torch_reference.py) in the
-same process. PyTorch is optional and never a dependency of minivae.
+same process. PyTorch is optional and never a dependency of minivae. Each row also gives its
+ratio to the GEMM-only time: the step's matrix products at the model's shapes, run back to back.
+
+``--cli`` times whole epochs of the command line instead (training pass, test evaluation,
+pictures, checkpoint: ``python -m minivae.train`` on Fashion-MNIST, fused and plain) against the
+PyTorch example's whole epoch (benchmarks/torch_reference.py: training pass, two test losses, its
+64 prior draws), each from runs of 1 and 1 + K epochs (their difference over K is an epoch; the rest
+is start-up), with each process's peak RSS. ``--startup`` times start-up to the first training
+step: plain, fused with the kernels compiled (a fresh Numba cache) and loaded from the cache.
+
+NumPy's BLAS picks its kernel for the CPU, unless ``OPENBLAS_CORETYPE`` forces one (this script says
+which it got, through threadpoolctl, and warns when the variable is set). Run it as
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_epoch.py`` where those are set.
 
 The thread count (``--threads``, default 2) is read from the command line *before* NumPy is
 imported and exported as OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS (the flag
@@ -21,6 +34,8 @@ as ``python -m minivae.train`` does, so that the OPENBLAS_THREAD_TIMEOUT it sets
     python benchmarks/bench_epoch.py --epochs-fraction 0.1    # a quick look (scaled to an epoch)
     python benchmarks/bench_epoch.py --backends cupy-float32 --batch-size 128 --batch-size 4096
     python benchmarks/bench_epoch.py --profile                # cProfile of a numpy float32 epoch
+    python benchmarks/bench_epoch.py --cli --repeats 3        # whole CLI epochs, minivae and PyTorch
+    python benchmarks/bench_epoch.py --startup --repeats 5    # start-up: plain, compiling, cached
     python benchmarks/bench_epoch.py --architecture conv      # the conv VAE against the same network in PyTorch
 
 ``--architecture conv`` times the conv VAE (minivae/conv.py: 1 -> 32 -> 64 channels, stride-2 4x4
@@ -38,8 +53,10 @@ import platform
 import pstats
 import resource
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -81,7 +98,7 @@ INPUT_DIM, HIDDEN, LATENT = 784, 400, 20
 # (in, out) of every Linear of the default model; the encoder head is one fused 400 -> 2*20 layer
 # in minivae and two 400 -> 20 layers (fc21, fc22) in PyTorch: the same GEMM FLOPs.
 LAYER_SIZES = ((INPUT_DIM, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, INPUT_DIM))
-DEFAULT_BACKENDS = "numpy-float32,numpy-float64,cupy-float32,torch"
+DEFAULT_BACKENDS = "numpy-float32,numpy-float32-plain,numpy-float64,cupy-float32,torch"
 SQUARE = 2048
 
 
@@ -249,6 +266,28 @@ def numpy_blas():
         return "unknown (see np.show_config())"
 
 
+def blas_kernel():
+    """The kernel NumPy's BLAS runs (threadpoolctl: OpenBLAS's "architecture", e.g. 'Haswell',
+    'SkylakeX', 'Zen'), or why it is not known."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl)"
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(f"{os.path.basename(os.path.dirname(i.get('filepath', '')))}: {i.get('architecture') or '?'}"
+                     for i in blas) or "unknown"
+
+
+def warn_about_forced_blas_kernels():
+    """Say so when OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: they make OpenBLAS use another
+    CPU's kernel (on an AVX-512 CPU, ``Haswell`` halves the float32 GEMM rate)."""
+    forced = {name: os.environ[name] for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if name in os.environ}
+    if forced:
+        print("warning: " + ", ".join(f"{k}={v}" for k, v in forced.items()) + " is set: OpenBLAS runs that "
+              "kernel, not the one it would pick for this CPU; for native timings run "
+              "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_epoch.py ...`", file=sys.stderr)
+
+
 def minivae_revision():
     """The commit of the checkout being timed (``git rev-parse --short HEAD``) and the files under
     minivae/ that differ from it (uncommitted changes would be timed too)."""
@@ -273,7 +312,9 @@ def machine_info(threads, torch_version):
     return {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "threads": threads, "python": platform.python_version(), "numpy": np.__version__,
-            "blas": numpy_blas(), "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+            "blas": numpy_blas(), "blas_kernel": blas_kernel(),
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
             "torch": torch_version,
             "minivae_git": revision, "minivae_files_changed": changed}
 
@@ -320,22 +361,27 @@ class Bench:
     """One row of the table: a model with its optimizer and data already on the device, and
     ``epoch(slices)``, which trains over those batches and returns the summed loss."""
 
-    def __init__(self, backend, dtype, batch, epoch, pool=None):
-        self.row = {"backend": backend, "dtype": dtype, "batch": batch, "seconds_each": [],
+    def __init__(self, backend, dtype, batch, epoch, pool=None, kernels="-"):
+        self.row = {"backend": backend, "kernels": kernels, "dtype": dtype, "batch": batch, "seconds_each": [],
                     "others_cpu_cores_each": []}
         self.epoch = epoch
         self.pool = pool  # CuPy's memory pool, for its used / total bytes
         self.slices, self.timed_samples = None, None
 
 
-def setup_minivae(name, dtype, batch_size, host_x, args):
-    """A Bench for minivae on backend ``name`` ("numpy" or "cupy") in ``dtype``."""
+def setup_minivae(name, dtype, batch_size, host_x, args, kernels="fused"):
+    """A Bench for minivae on backend ``name`` ("numpy" or "cupy") in ``dtype``, with the backend's
+    fused kernels or (``kernels="plain"``) its plain xp code."""
     backend = get_backend(name, dtype=dtype, seed=args.seed)
+    if kernels == "plain":
+        backend.kernels = None  # before the model is built: its layers read them
+    elif backend.kernels is None:
+        kernels = "plain (none found)"
     x = backend.to_device(host_x)  # once; numpy float32 shares host_x, float64 is a cast copy
     model = VAE(input_dim=INPUT_DIM, hidden=(HIDDEN,), latent_dim=LATENT, backend=backend)
     optimizer = Adam(model.parameters(), lr=1e-3)
     pool = backend.xp.get_default_memory_pool() if name == "cupy" else None
-    return Bench(name, dtype, batch_size, lambda s: minivae_epoch(model, optimizer, backend, x, s), pool)
+    return Bench(name, dtype, batch_size, lambda s: minivae_epoch(model, optimizer, backend, x, s), pool, kernels)
 
 
 def setup_torch(batch_size, host_x, args):
@@ -351,7 +397,7 @@ def setup_torch(batch_size, host_x, args):
     return Bench("torch", "float32", batch_size, lambda s: torch_epoch(model, optimizer, x, s, torch, loss_function))
 
 
-def setup_bench(name, dtype, batch_size, host_x, args):
+def setup_bench(name, dtype, batch_size, host_x, args, kernels="fused"):
     """Build one row's Bench and run its warm-up steps, recording the memory that took: the
     process's peak RSS and how much the peak grew over the RSS before (data copy, model, optimizer
     state, one step's temporaries, libraries imported)."""
@@ -359,7 +405,7 @@ def setup_bench(name, dtype, batch_size, host_x, args):
     if name == "torch":
         bench = setup_torch(batch_size, host_x, args)
     else:
-        bench = setup_minivae(name, dtype, batch_size, host_x, args)
+        bench = setup_minivae(name, dtype, batch_size, host_x, args, kernels)
     bench.slices, bench.timed_samples = batch_slices(N_SAMPLES, batch_size, args.epochs_fraction)
     bench.epoch(bench.slices[:args.warmup_steps])
     bench.row["peak_rss_mib"] = peak_rss_mib()
@@ -407,37 +453,38 @@ def torch_version():
 
 
 def plan_runs(backends, batch_sizes, has_torch):
-    """[(backend, dtype, batch)] for the requested backends, skipping (with a note) the unusable."""
+    """[(backend, dtype, batch, kernels)] for the requested backends, skipping (with a note) the
+    unusable. A spec is ``torch`` or ``<numpy|cupy>-<float32|float64>[-plain]``."""
     runs = []
     for spec in backends:
         if spec == "torch":
             if not has_torch:
                 print("skipping torch: `import torch` failed (pip install torch==2.13.0)")
                 continue
-            runs += [("torch", "float32", b) for b in batch_sizes]
+            runs += [("torch", "float32", b, "-") for b in batch_sizes]
             continue
-        name, _, dtype = spec.partition("-")
-        if name not in ("numpy", "cupy") or dtype not in ("float32", "float64"):
-            raise SystemExit(f"unknown backend {spec!r}: use numpy-float32, numpy-float64, cupy-float32, "
-                             "cupy-float64 or torch")
+        name, dtype, *rest = spec.split("-")
+        if name not in ("numpy", "cupy") or dtype not in ("float32", "float64") or rest not in ([], ["plain"]):
+            raise SystemExit(f"unknown backend {spec!r}: use numpy-float32, numpy-float32-plain, numpy-float64, "
+                             "cupy-float32, cupy-float64 (each also with -plain) or torch")
         if name == "cupy" and cupy_unavailable_reason() is not None:
             print(f"skipping {spec}: {cupy_unavailable_reason()}")
             continue
-        runs += [(name, dtype, b) for b in batch_sizes]
+        runs += [(name, dtype, b, "plain" if rest else "fused") for b in batch_sizes]
     return runs
 
 
 def measure_peaks(runs, threads):
     """GEMM rates for every (array library, dtype) among the runs; torch rows use NumPy float32's."""
     peaks = {}
-    for name, dtype in sorted({("numpy" if n == "torch" else n, d) for n, d, _ in runs}):
-        batches = sorted({b for _, _, b in runs})
+    for name, dtype in sorted({("numpy" if n == "torch" else n, d) for n, d, _, _ in runs}):
+        batches = sorted({b for _, _, b, _ in runs})
         if name == "cupy":
             backend = get_backend("cupy", dtype=dtype)
             peaks[(name, dtype)] = gemm_rates(backend.xp, dtype, batches, backend.synchronize)
         else:
             peaks[(name, dtype)] = gemm_rates(np, dtype, batches, lambda: None)
-    if any(n == "torch" for n, _, _ in runs):
+    if any(n == "torch" for n, _, _, _ in runs):
         import torch
 
         torch.set_num_threads(threads)
@@ -460,6 +507,8 @@ def add_ratios(rows, peaks):
         peak = peaks[("numpy" if r["backend"] == "torch" else r["backend"], r["dtype"])]
         r["pct_peak_square"] = 100 * r["gflops"] / peak["square_2048"]
         r["pct_peak_model_shapes"] = 100 * r["gflops"] / peak["model_shapes"][r["batch"]]
+        r["gemm_only_seconds"] = epoch_gemm_flops(N_SAMPLES) / peak["model_shapes"][r["batch"]] / 1e9
+        r["ratio_to_gemm_only"] = r["seconds"] / r["gemm_only_seconds"]
         r["ratio_to_torch"] = r["seconds"] / torch_seconds[r["batch"]] if r["batch"] in torch_seconds else None
 
 
@@ -487,18 +536,19 @@ def peaks_table(peaks):
 
 
 def results_table(rows):
-    header = ["backend", "dtype", "batch", "s/epoch", "min s", "samples/s", "GFLOP/s", f"% peak {SQUARE}^2",
-              "% GEMM at shapes", "x torch", "peak RSS MiB", "RSS added MiB", "cupy pool MiB", "loss/sample",
-              "others' CPU"]
+    header = ["backend", "kernels", "dtype", "batch", "s/epoch", "min s", "max s", "samples/s", "GFLOP/s",
+              f"% peak {SQUARE}^2", "GEMM-only s", "x GEMM-only", "x torch", "peak RSS MiB", "RSS added MiB",
+              "cupy pool MiB", "loss/sample", "others' CPU"]
     body = []
     for r in rows:
         pool = f"{r['pool_used_mib']:.0f} / {r['pool_total_mib']:.0f}" if "pool_used_mib" in r else "-"
         ratio = f"{r['ratio_to_torch']:.2f}" if r["ratio_to_torch"] is not None else "-"
         added = f"{r['rss_added_mib']:.0f}" if r["rss_added_mib"] is not None else "-"
         others = f"{r['others_cpu_cores_max']:.2f}" if r["others_cpu_cores_max"] is not None else "-"
-        body.append([r["backend"], r["dtype"], r["batch"], f"{r['seconds']:.2f}", f"{r['seconds_min']:.2f}",
-                     f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}", f"{r['pct_peak_square']:.1f}",
-                     f"{r['pct_peak_model_shapes']:.1f}", ratio, f"{r['peak_rss_mib']:.0f}", added, pool,
+        body.append([r["backend"], r["kernels"], r["dtype"], r["batch"], f"{r['seconds']:.2f}",
+                     f"{r['seconds_min']:.2f}", f"{max(r['seconds_each']):.2f}", f"{r['samples_per_s']:,.0f}",
+                     f"{r['gflops']:.1f}", f"{r['pct_peak_square']:.1f}", f"{r['gemm_only_seconds']:.2f}",
+                     f"{r['ratio_to_gemm_only']:.2f}", ratio, f"{r['peak_rss_mib']:.0f}", added, pool,
                      f"{r['loss_per_sample']:.2f}", others])
     return markdown_table(header, body)
 
@@ -557,6 +607,144 @@ def profile_numpy_epoch(host_x, args, top=25):
           "shows up as the main thread waiting, e.g. in {method 'acquire' of '_thread.lock' objects}.")
 
 
+# ---------------------------------------------------------------- whole CLI epochs and start-up
+
+PEAK_RSS_WRAPPER = """
+import atexit, os, runpy, sys
+
+def report():  # VmHWM: the peak RSS of this process's own memory since its exec (Linux)
+    try:
+        with open("/proc/self/status") as status:
+            peak = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+    except OSError:
+        peak = []
+    with open(os.environ["BENCH_PEAK_RSS_FILE"], "w") as out:
+        out.write(peak[0] if peak else "")
+
+atexit.register(report)
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target.endswith(".py"):
+    runpy.run_path(target, run_name="__main__")
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_python(target, arguments, env):
+    """Run a module (``-m`` style) or a script in a new Python to its end; (wall seconds, its peak RSS
+    in MiB or None). The peak is read inside the child (``PEAK_RSS_WRAPPER``): the rusage a parent
+    gets for a child counts the parent's own memory too where the child was started by vfork."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, target, *arguments],
+                                env={**env, "BENCH_PEAK_RSS_FILE": rss_file.name},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{target} {' '.join(arguments)} failed ({result.returncode}):\n{result.stderr}")
+        peak = rss_file.read().strip()
+    return seconds, int(peak) / 1024 if peak else None
+
+
+def cli_commands(args, epochs, out):
+    """{row name: (target, arguments, extra environment)} for ``epochs`` epochs of each whole-epoch row."""
+    train = ["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(epochs), "--seed", "1",
+             "--quiet", "--out"]
+    return {
+        "minivae fused": ("minivae.train", train + [os.path.join(out, "fused")], {"MINIVAE_KERNELS": "fused"}),
+        "minivae plain": ("minivae.train", train + [os.path.join(out, "plain")], {"MINIVAE_KERNELS": "plain"}),
+        "torch example": (os.path.join(HERE, "torch_reference.py"),
+                          ["--data-dir", args.data_dir, "--epochs", str(epochs), "--threads", str(args.threads)], {}),
+    }
+
+
+def spread(values):
+    """'median (min-max)' of a list of seconds."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def time_cli_epochs(args):
+    """Whole epochs of each row: per round, each row runs 1 and 1 + K epochs (interleaved, rows in
+    turn); an epoch is their difference over K, start-up the rest of the 1-epoch run."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(HERE),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    k = args.cli_epochs
+    results = {}
+    for repeat in range(args.repeats):
+        for epochs in (1, 1 + k):
+            out = tempfile.mkdtemp(prefix="bench_cli_")
+            try:
+                for name, (target, arguments, extra) in cli_commands(args, epochs, out).items():
+                    seconds, rss = run_python(target, arguments, {**env, **extra})
+                    results.setdefault(name, {}).setdefault(epochs, []).append((seconds, rss))
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+        print(f"  round {repeat + 1}: " + ", ".join(f"{name} {r[1][-1][0]:.2f} / {r[1 + k][-1][0]:.2f} s"
+                                                     for name, r in results.items()), flush=True)
+    rows, torch_epochs = [], None
+    for name, r in results.items():
+        epoch = [(long[0] - short[0]) / k for short, long in zip(r[1], r[1 + k])]
+        startup = [short[0] - e for short, e in zip(r[1], epoch)]
+        rss = [x[1] for x in r[1 + k] if x[1] is not None]
+        if name == "torch example":
+            torch_epochs = epoch
+        rows.append([name, spread(epoch), spread(startup), f"{max(rss):.0f}" if rss else "-", epoch])
+    print(f"\nwhole epochs, {args.threads} threads, {args.repeats} rounds, median (min-max) in seconds; "
+          f"x torch: the median of the paired ratios")
+    body = []
+    for name, epoch, startup, rss, values in rows:
+        ratio = ("-" if torch_epochs is None else
+                 f"{statistics.median(a / b for a, b in zip(values, torch_epochs)):.2f}")
+        body.append([name, epoch, startup, ratio, rss])
+    print(markdown_table(["run", "s/epoch", "start-up s", "x torch", "peak RSS MiB"], body))
+    return 0
+
+
+STARTUP_CODE = """
+import minivae
+from minivae.backend import numpy_backend
+from minivae.model import VAE
+from minivae.optim import Adam
+backend = numpy_backend("float32")
+model = VAE(backend=backend)
+optimizer = Adam(model.parameters())
+model.loss_and_backward(backend.uniform((128, 784)))
+optimizer.step()
+"""
+
+
+def time_startup(args):
+    """Start-up to the end of the first training step, in a new process each time: the plain path,
+    the fused one compiling its kernels (an empty NUMBA_CACHE_DIR), and loading them from that cache."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(HERE),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    results = {"plain": [], "fused, compiling": [], "fused, cached": []}
+    startup_script = os.path.join(tempfile.mkdtemp(prefix="bench_startup_"), "first_step.py")
+    with open(startup_script, "w") as script:
+        script.write(STARTUP_CODE)
+    for repeat in range(args.repeats):
+        cache = tempfile.mkdtemp(prefix="bench_numba_cache_")
+        try:
+            for name, extra in (("plain", {"MINIVAE_KERNELS": "plain"}),
+                                ("fused, compiling", {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache}),
+                                ("fused, cached", {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache})):
+                results[name].append(run_python(startup_script, [], {**env, **extra, "PYTHONWARNINGS": "ignore"}))
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        print(f"  round {repeat + 1}: " + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in results.items()), flush=True)
+    shutil.rmtree(os.path.dirname(startup_script), ignore_errors=True)
+    plain = [seconds for seconds, _ in results["plain"]]
+    body = []
+    for name, runs in results.items():
+        seconds = [s for s, _ in runs]
+        added = [a - b for a, b in zip(seconds, plain)]
+        peaks = [rss for _, rss in runs if rss is not None]
+        body.append([name, spread(seconds), spread(added) if name != "plain" else "-",
+                     f"{max(peaks):.0f}" if peaks else "-"])
+    print(f"\nprocess start to the end of the first training step (default model, batch 128), {args.repeats} "
+          f"rounds, median (min-max) in seconds; 'added' is paired with the plain run of the same round")
+    print(markdown_table(["run", "seconds", "added to plain", "peak RSS MiB"], body))
+    return 0
 # ---------------------------------------------------------------------------------- conv rows
 
 IMAGE_SHAPE, CONV_CHANNELS = (28, 28), (32, 64)
@@ -688,6 +876,14 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="only cProfile one numpy float32 epoch and print the top 25 by tottime")
     parser.add_argument("--profile-out", metavar="PATH", help="with --profile: also dump the pstats file here")
+    parser.add_argument("--cli", action="store_true",
+                        help="only time whole epochs of python -m minivae.train (fused, plain) and of "
+                             "benchmarks/torch_reference.py on Fashion-MNIST, --repeats times, interleaved")
+    parser.add_argument("--cli-epochs", type=int, default=2, help="with --cli: K, the epochs added to the first")
+    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
+                        help="with --cli: the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist)")
+    parser.add_argument("--startup", action="store_true",
+                        help="only time start-up to the first training step: plain, fused compiling, fused cached")
     parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
                         help="conv: only the conv VAE rows, minivae numpy float32 against PyTorch (default: mlp)")
     args = parser.parse_args(argv)
@@ -706,13 +902,18 @@ def make_data(seed, n_samples=N_SAMPLES, dim=INPUT_DIM):
 
 def main(argv=None):
     args = parse_args(argv)
+    warn_about_forced_blas_kernels()
+    if args.cli:
+        return time_cli_epochs(args)
+    if args.startup:
+        return time_startup(args)
     host_x = make_data(args.seed)
     if args.profile:
         profile_numpy_epoch(host_x, args)
         return 0
     info = machine_info(args.threads, torch_version())
     print(f"{info['cpu']}, {info['cores']} cores, {args.threads} threads; python {info['python']}, "
-          f"numpy {info['numpy']} ({info['blas']}), torch {info['torch']}; "
+          f"numpy {info['numpy']} ({info['blas']}, kernel {info['blas_kernel']}), torch {info['torch']}; "
           f"load average {load_average()} (anything else running skews the timings)")
     if args.architecture == "conv":
         run_conv(host_x, args)
@@ -726,11 +927,12 @@ def main(argv=None):
     print(f"epoch: {N_SAMPLES} samples, {flops / 1e9:.1f} GFLOP of GEMM (elementwise work not counted); "
           f"fraction {args.epochs_fraction}, {args.repeats} repeats, median reported\n")
     first_peaks = measure_peaks(runs, args.threads)  # again at the end; the better of the two is kept
-    benches = [setup_bench(name, dtype, batch, host_x, args) for name, dtype, batch in runs]
+    benches = [setup_bench(name, dtype, batch, host_x, args, kernels) for name, dtype, batch, kernels in runs]
     for repeat in range(args.repeats):
         time_round(benches)
         print(f"  round {repeat + 1}: " + ", ".join(
-            f"{b.row['backend']} {b.row['dtype']} {b.row['batch']}: {b.row['seconds_each'][-1]:.2f} s"
+            f"{b.row['backend']} {b.row['kernels']} {b.row['dtype']} {b.row['batch']}: "
+            f"{b.row['seconds_each'][-1]:.2f} s"
             for b in benches), flush=True)
     rows = [finish_row(b.row) for b in benches]
     del benches  # free the models and data before measuring the GEMM rates again
@@ -738,8 +940,8 @@ def main(argv=None):
     add_ratios(rows, peaks)
     print("\nGEMM rates (" + str(args.threads) + " threads):\n" + peaks_table(peaks))
     print("\n" + results_table(rows))
-    print("\nGFLOP/s, % peak and x torch count GEMM FLOPs only (of the median); "
-          "x torch = seconds / torch seconds (same batch).")
+    print("\nGFLOP/s and % peak count GEMM FLOPs only (of the median); x torch = seconds / torch seconds "
+          "(same batch); GEMM-only s = the step's matmuls at the model's shapes, back to back, for an epoch.")
     warn_if_noisy(rows)
     info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average at the end: {load_average()}")

@@ -6,6 +6,9 @@ CuPy. Compute modules (layers, gaussian, likelihoods, model, optim) never import
 themselves: they use ``backend.xp`` and ``backend.special`` of the Backend they were built with.
 """
 
+import os
+import warnings
+
 import numpy as np
 import scipy.special
 
@@ -15,6 +18,7 @@ from .threads import RowThreads, cpu_thread_count
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
 DTYPES = ("float32", "float64")
+KERNEL_CHOICES = ("fused", "plain")  # MINIVAE_KERNELS: the CPU backend's elementwise code
 
 _CUPY_INSTALL_HINT = (
     "install CuPy for your CUDA version with `pip install minivae[cuda12]` or `pip install minivae[cuda13]`, "
@@ -32,7 +36,8 @@ class Backend:
         dtype: the floating dtype every array of the model is created in.
         rng: a ``Generator`` of ``xp.random``, seeded once; a seed reproduces a NumPy run bit for bit.
         kernels: fused elementwise kernels computing the same formulas as the plain ``xp`` code in
-            one pass each (CuPy: ``minivae.kernels.cuda``), or None to use the plain code.
+            one pass each (CuPy: ``minivae.kernels.cuda``; NumPy: ``minivae.kernels.cpu``, see
+            ``cpu_kernels``), or None to use the plain code.
         threads: how many CPU threads ``split_rows`` may use at once (1 on a GPU: there one pass is
             one kernel already).
         row_threads: the ``RowThreads`` behind ``split_rows`` (shared by ``with_seed`` copies).
@@ -135,9 +140,31 @@ class Backend:
 
 
 def numpy_backend(dtype="float32", seed=0, threads=None):
-    """The CPU backend: NumPy with scipy.special, on ``threads`` threads (default ``cpu_thread_count()``)."""
-    return Backend("numpy", np, scipy.special, dtype=dtype, seed=seed,
-                   threads=cpu_thread_count() if threads is None else threads)
+    """The CPU backend: NumPy with scipy.special, on ``threads`` threads (default ``cpu_thread_count()``),
+    with the fused Numba kernels of ``cpu_kernels`` when they are on and installed."""
+    row_threads = RowThreads(cpu_thread_count() if threads is None else threads)
+    return Backend("numpy", np, scipy.special, dtype=dtype, seed=seed, kernels=cpu_kernels(row_threads),
+                   row_threads=row_threads)
+
+
+def cpu_kernels(row_threads):
+    """The fused CPU kernels (minivae/kernels/cpu.py) on ``row_threads``; None, for the plain NumPy
+    code, when the environment says ``MINIVAE_KERNELS=plain`` or Numba does not import (said once,
+    as a warning). ``MINIVAE_KERNELS=fused`` (or unset) asks for the kernels."""
+    choice = os.environ.get("MINIVAE_KERNELS", "fused").strip().lower() or "fused"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"MINIVAE_KERNELS={choice!r} is not one of {KERNEL_CHOICES}: unset it, or set it to "
+                         f"'plain' to run the plain NumPy code")
+    if choice == "plain":
+        warnings.warn("MINIVAE_KERNELS=plain: minivae runs the plain NumPy code on the CPU, not its fused kernels")
+        return None
+    try:
+        from .kernels.cpu import CpuKernels
+    except ImportError as exc:  # also what Numba raises for a NumPy version it does not support
+        warnings.warn(f"minivae runs the plain NumPy code on the CPU: its fused kernels need Numba ({exc}); "
+                      f"`pip install numba` for them")
+        return None
+    return CpuKernels(row_threads)
 
 
 def cupy_backend(dtype="float32", seed=0):

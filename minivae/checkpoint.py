@@ -3,8 +3,8 @@
 Layout of the archive (every member is a plain NumPy array; nothing is pickled):
 
     param/<name>          each parameter, e.g. ``param/encoder.0.W``
-    optim/<kind>/<name>   each optimizer moment, e.g. ``optim/m_sum/encoder.0.W`` (Adam: m_sum, v_sum;
-                          SGD: momentum_buffer)
+    optim/<kind>/<name>   each optimizer moment, e.g. ``optim/m/encoder.0.W`` (Adam: m, v; SGD:
+                          momentum_buffer; older checkpoints' Adam m_sum, v_sum are read as m, v)
     rng/<field>           the arrays of the random state (CuPy's: ``rng/device_state``, the cuRAND
                           generator's state); its other fields are in ``meta``
     meta                  a 0-d unicode array holding ONE JSON document: format version, minivae
@@ -99,7 +99,7 @@ class Checkpoint:
     Attributes:
         params: parameter name -> array, in the model's parameter order.
         optimizer_state: a state_dict in ``optim.py``'s format: {"step", "hyperparameters",
-            "m_sum" / "v_sum" or "momentum_buffer": {parameter name: array}}.
+            "m" / "v" or "momentum_buffer": {parameter name: array}}.
         optimizer_name: the optimizer's class name ("Adam", "SGD").
         rng_state: the backend generator's state (a dict), or None when the backend could not
             export it (then ``meta["rng_state_note"]`` in the file says why).
@@ -260,6 +260,8 @@ def load_checkpoint(path):
         checkpoint.rng_state[key[len(RNG_PREFIX):]] = members.pop(key)
     for key, array in members.items():
         _check_array(path, key, array, checkpoint.dtype)
+    if checkpoint.optimizer_name == "Adam" and set(kinds) == set(ADAM_SUMS):
+        _adam_moments_from_sums(path, optimizer_state)
     return checkpoint
 
 
@@ -290,14 +292,33 @@ def _check_meta(path, meta):
 
 
 def _check_array(path, key, array, dtype):
-    """Every stored array is real floating point of the checkpoint's dtype and finite (a second
-    moment v_sum also >= 0): a complex, string or NaN array is refused, naming it."""
+    """Every stored array is real floating point of the checkpoint's dtype and finite (Adam's second
+    moment v, or v_sum in older checkpoints, also >= 0): a complex, string or NaN array is refused, naming it."""
     if array.dtype != np.dtype(dtype):
         raise _unusable(path, f"array {key!r} has dtype {array.dtype}, not the checkpoint's {dtype}")
     if not np.isfinite(array).all():
         raise _unusable(path, f"array {key!r} holds {'NaN' if np.isnan(array).any() else 'inf'}")
-    if key.startswith(f"{OPTIM_PREFIX}v_sum/") and (array < 0).any():
+    if key.startswith((f"{OPTIM_PREFIX}v/", f"{OPTIM_PREFIX}v_sum/")) and (array < 0).any():
         raise _unusable(path, f"array {key!r} holds negative values (a sum of squares is >= 0)")
+
+
+ADAM_SUMS = {"m_sum": ("m", "beta1"), "v_sum": ("v", "beta2")}
+"""How minivae's Adam kept its moments before it kept m and v themselves: m_sum = m / (1-b1),
+v_sum = v / (1-b2)."""
+
+
+def _adam_moments_from_sums(path, optimizer_state):
+    """Turn an older checkpoint's Adam state (``ADAM_SUMS``) into today's, in place: m = (1-b1) m_sum,
+    v = (1-b2) v_sum (docs/derivation.md, section 14.1), computed in float64 and rounded once to the
+    stored dtype. Resuming then continues the same run, to that rounding."""
+    hyper = optimizer_state["hyperparameters"]
+    for old, (new, beta) in ADAM_SUMS.items():
+        try:
+            scale = 1.0 - float(hyper[beta])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(path, f"its Adam state {old!r} needs the hyperparameter {beta!r} ({exc!r})") from exc
+        optimizer_state[new] = {name: (array.astype(np.float64) * scale).astype(array.dtype)
+                                for name, array in optimizer_state.pop(old).items()}
 
 
 def _read_members(path):

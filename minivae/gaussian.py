@@ -19,7 +19,7 @@ def reparameterize(xp, mu, logvar, eps, kernels=None):
     """Eq. (5): ``z = mu + eps * exp(0.5 * logvar)``, eps ~ N(0, I) held fixed.
 
     mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> z: (L*B, J). ``kernels``: the backend's fused
-    kernels (CuPy), which compute the same in one pass; None for this plain code.
+    kernels (CuPy's or the CPU's), which compute the same in one pass; None for this plain code.
     """
     eps = as_samples(eps, mu)
     if kernels is not None:

@@ -184,10 +184,16 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)`` elementwise."""
+    """``y = max(x, 0)`` elementwise. ``kernels``: the backend's fused kernels; where they have
+    ``relu`` and ``relu_backward`` (the CPU's), each pass below runs as one."""
+
+    def __init__(self, name="", kernels=None):
+        super().__init__(name)
+        self.kernels = kernels
 
     def forward(self, x):
-        y = x * (x > 0)
+        fused = getattr(self.kernels, "relu", None)
+        y = fused(x) if fused is not None else x * (x > 0)
         self._cache = y
         return y
 
@@ -195,7 +201,8 @@ class ReLU(Layer):
         """Eq. (13): ``dx = dy * [x > 0]`` (the subgradient at 0 is taken as 0); uses the saved y,
         which is positive exactly where x is."""
         y = self._saved()
-        return dy * (y > 0)
+        fused = getattr(self.kernels, "relu_backward", None)
+        return fused(dy, y) if fused is not None else dy * (y > 0)
 
 
 class Tanh(Layer):
@@ -262,7 +269,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 def activation(kind, backend, name=""):
     """An activation layer by name: "relu", "tanh" or "sigmoid"."""
     if kind == "relu":
-        return ReLU(name)
+        return ReLU(name, backend.kernels)
     if kind == "tanh":
         return Tanh(backend, name)
     if kind == "sigmoid":

@@ -45,6 +45,9 @@ class Bernoulli:
 
     def nll(self, logits, x):
         """Eq. (8): ``NLL = sum_d softplus(l_d) - x_d * l_d``. logits, x: (N, D) -> (N,)."""
+        fused = getattr(self.kernels, "bernoulli_nll", None)
+        if fused is not None:  # the same formula in one pass (the CPU's kernels)
+            return fused(logits, x).sum(axis=1)
         return (self._softplus(logits) - x * logits).sum(axis=1)
 
     def nll_and_grad(self, logits, x):
@@ -54,7 +57,7 @@ class Bernoulli:
         is <= 0, so it never overflows, and it reuses the softplus the NLL needs.
         logits, x: (N, D) -> (nll (N,), dlogits (N, D)).
         """
-        if self.kernels is not None:  # the same formulas in one fused pass (CuPy)
+        if self.kernels is not None:  # the same formulas in one fused pass (minivae/kernels)
             nll_terms, dlogits = self.kernels.bernoulli_nll_and_grad(logits, x)
             return nll_terms.sum(axis=1), dlogits
         dtype = self.xp.result_type(logits.dtype, x.dtype)  # as the formulas on whole arrays would give

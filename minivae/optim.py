@@ -7,10 +7,11 @@ serialises into checkpoints.
 Speed: the parameters live in one flat ``ParameterBuffer`` (the model packs them at construction),
 which every optimizer of them shares (one on a subset updates its stretches of it), so an update is
 a handful of in-place passes over a few flat arrays, not a handful per parameter
-(on a GPU each pass is one kernel). On the CPU the flat arrays are cut into one block per thread
-(``Backend.split_rows``), each block updated by its own thread: the update is elementwise, so the
-result does not depend on the number of threads. Measured on 2 CPU cores and not kept: cache-sized
-chunks (slower: per-call overhead dominates).
+(on a GPU each pass is one kernel). Where the backend has a fused kernel for the update (the CPU's,
+minivae/kernels/cpu.py) it does the same operations in one pass. On the CPU the flat arrays are cut
+into one block per thread (``Backend.split_rows``), each block updated by its own thread: the update
+is elementwise, so the result does not depend on the number of threads. Measured on 2 CPU cores and
+not kept: cache-sized chunks (slower: per-call overhead dominates).
 """
 
 import math
@@ -24,6 +25,7 @@ class Optimizer:
 
     hyperparameter_names = ()
     moment_names = ()
+    kernel_name = None  # the backend kernel that does ``_update`` in one pass, when it has one
 
     def __init__(self, parameters, backend=None):
         """parameters: a list of Parameters (``model.parameters()``); backend: needed only when
@@ -62,13 +64,19 @@ class Optimizer:
         return views
 
     def step(self):
-        """One update of every parameter from its current gradient: eq. (19) for Adam, eq. (20) for SGD."""
+        """One update of every parameter from its current gradient: eq. (19) for Adam, eq. (20) for SGD,
+        by the backend's fused kernel when it has one (one pass), else by ``_update`` (the reference)."""
         self.step_count += 1
+        fused = getattr(self.backend.kernels, self.kernel_name, None)
         for segment, offset in zip(self.segments, self._offsets):
             own = slice(offset, offset + segment.stop - segment.start)
             moments = [self._flat_moments[kind][own] for kind in self.moment_names]
-            self.backend.split_rows(self._update, self.buffer.data[segment], self.buffer.grad[segment],
-                                    self._scratch[own], *moments)
+            if fused is not None:
+                fused(self.buffer.data[segment], self.buffer.grad[segment], *moments, self.step_count,
+                      **self.hyperparameters())
+            else:
+                self.backend.split_rows(self._update, self.buffer.data[segment], self.buffer.grad[segment],
+                                        self._scratch[own], *moments)
 
     def hyperparameters(self):
         return {name: getattr(self, name) for name in self.hyperparameter_names}
@@ -103,38 +111,34 @@ class Adam(Optimizer):
     """Adam with bias correction, as torch.optim.Adam (L2 weight decay added to the gradient)."""
 
     hyperparameter_names = ("lr", "beta1", "beta2", "eps", "weight_decay")
-    moment_names = ("m_sum", "v_sum")  # m = (1-b1) m_sum, v = (1-b2) v_sum: see _update
+    moment_names = ("m", "v")
+    kernel_name = "adam_update"
 
     def __init__(self, parameters, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend=None):
         super().__init__(parameters, backend)
         self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
 
-    def _update(self, theta, g, tmp, m_sum, v_sum):
+    def _update(self, theta, g, tmp, m, v):
         """Eq. (19): ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
         ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1-b1^t)``,
-        ``v_hat = v / (1-b2^t)``.
-
-        Stored as sums, ``m_sum = m / (1-b1)`` and ``v_sum = v / (1-b2)``, whose updates need no
-        multiply of g: ``m_sum <- b1 m_sum + g``, ``v_sum <- b2 v_sum + g^2``. Then with
-        ``a = (1-b1) / (1-b1^t)`` and ``c = sqrt((1-b2) / (1-b2^t))``, so that m_hat = a m_sum and
-        sqrt(v_hat) = c sqrt(v_sum): ``theta -= (lr a / c) * m_sum / (sqrt(v_sum) + eps / c)``.
-        Ten in-place passes over the flat arrays, with one scratch array.
-        """
-        t = self.step_count
-        a = (1 - self.beta1) / (1 - self.beta1 ** t)
-        c = math.sqrt((1 - self.beta2) / (1 - self.beta2 ** t))
-        xp = self.xp
+        ``v_hat = v / (1-b2^t)``; the corrections go into scalars, ``lr m_hat = (lr / (1-b1^t)) m``
+        and ``sqrt(v_hat) = sqrt(v) / sqrt(1-b2^t)``, as Kingma and Ba suggest (one division per
+        element, not three). In place, through one scratch array."""
+        xp, t = self.xp, self.step_count
         if self.weight_decay:
             g = g + self.weight_decay * theta
-        m_sum *= self.beta1
-        m_sum += g
+        m *= self.beta1
+        xp.multiply(g, 1 - self.beta1, out=tmp)
+        m += tmp
+        v *= self.beta2
         xp.multiply(g, g, out=tmp)
-        v_sum *= self.beta2
-        v_sum += tmp
-        xp.sqrt(v_sum, out=tmp)
-        tmp += self.eps / c
-        xp.divide(m_sum, tmp, out=tmp)
-        tmp *= self.lr * a / c
+        tmp *= 1 - self.beta2
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp *= 1 / math.sqrt(1 - self.beta2 ** t)
+        tmp += self.eps  # sqrt(v_hat) + eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= self.lr / (1 - self.beta1 ** t)
         theta -= tmp
 
 
@@ -143,6 +147,7 @@ class SGD(Optimizer):
 
     hyperparameter_names = ("lr", "momentum", "weight_decay")
     moment_names = ("momentum_buffer",)
+    kernel_name = "sgd_update"
 
     def __init__(self, parameters, lr=1e-2, momentum=0.0, weight_decay=0.0, backend=None):
         super().__init__(parameters, backend)

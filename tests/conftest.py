@@ -15,10 +15,12 @@ settings.register_profile("dev", max_examples=60, deadline=None, suppress_health
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-# numpy; the device guard (NumPy refusing what CuPy refuses: host/device mixing, implicit
-# conversion), so every test body also proves the device path on a machine without a GPU; and
-# cupy itself wherever it imports and sees a GPU.
-# The guard runs twice: with the plain xp code and with the fused-kernel path CuPy takes.
+# numpy, with its fused Numba kernels (minivae/kernels/cpu.py); the device guard (NumPy refusing
+# what CuPy refuses: host/device mixing, implicit conversion), so every test body also proves the
+# device path on a machine without a GPU; and cupy itself wherever it imports and sees a GPU.
+# The guard runs twice: with the plain xp code (the reference every fused kernel is checked against,
+# and the CPU's path without Numba or with MINIVAE_KERNELS=plain) and with the fused-kernel path
+# CuPy takes. So both paths run every backend-parametrised test body, with no backend added.
 BACKEND_NAMES = ["numpy", "device-guard", "device-guard-fused"] + (
     ["cupy"] if cupy_unavailable_reason() is None else [])
 

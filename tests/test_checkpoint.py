@@ -210,6 +210,42 @@ def test_resuming_without_the_random_state_diverges(tmp_path):
     assert any(not np.array_equal(resumed[n], never_stopped[n]) for n in never_stopped)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_older_checkpoint_with_adam_sums_resumes_the_same_run(tmp_path, dtype):
+    """Before Adam kept m and v, checkpoints held m_sum = m / (1-b1) and v_sum = v / (1-b2)
+    (docs/derivation.md, 14.1): loading one gives m and v back, to one rounding, and resuming from it
+    continues the run as resuming from today's checkpoint does."""
+    b1, b2 = 0.8, 0.99  # OPTIMIZERS["adam"]
+    backend = numpy_backend(dtype, seed=0)
+    model = small_model(backend)
+    optimizer = OPTIMIZERS["adam"](model.parameters())
+    train(model, optimizer, batch(backend), 3)
+    today = tmp_path / "today.npz"
+    save_checkpoint(today, model, optimizer, epoch=1)
+    state = optimizer.state_dict()
+    sums = {f"optim/{old}/{name}": (array.astype(np.float64) / (1 - beta)).astype(dtype)
+            for old, new, beta in (("m_sum", "m", b1), ("v_sum", "v", b2)) for name, array in state[new].items()}
+    older = rewrite(today, tmp_path / "older.npz",
+                    edit_meta=lambda meta: meta["optimizer"].update(moments=["m_sum", "v_sum"]),
+                    drop=[f"optim/{kind}/{p.name}" for kind in ("m", "v") for p in model.parameters()], add=sums)
+    rtol = 2 * np.finfo(dtype).eps  # m -> m_sum (rounded, above) -> m (rounded once, in load_checkpoint)
+    loaded = load_checkpoint(older)
+    assert set(loaded.optimizer_state) == {"step", "hyperparameters", "m", "v"}
+    for kind in ("m", "v"):
+        for name, array in state[kind].items():
+            assert loaded.optimizer_state[kind][name].dtype == np.dtype(dtype)
+            np.testing.assert_allclose(loaded.optimizer_state[kind][name], array, rtol=rtol, atol=0)
+    resumed = []
+    for path in (today, older):
+        fresh_model = small_model(numpy_backend(dtype, seed=5))
+        fresh_optimizer = OPTIMIZERS["adam"](fresh_model.parameters())
+        restore(load_checkpoint(path), fresh_model, fresh_optimizer)
+        train(fresh_model, fresh_optimizer, batch(fresh_model.backend), 2)
+        resumed.append(host_params(fresh_model))
+    for name in resumed[0]:
+        np.testing.assert_allclose(resumed[1][name], resumed[0][name], rtol=100 * rtol, atol=1e-3 * rtol)
+
+
 def test_restore_copies_into_the_existing_arrays(trained):
     path, _, _ = trained
     model = small_model(numpy_backend("float32", seed=3))
@@ -351,11 +387,11 @@ def _missing_param(c):
 
 
 def _wrong_moment_shape(c):
-    c.optimizer_state["v_sum"]["decoder.2.b"] = np.zeros(3, np.float32)
+    c.optimizer_state["v"]["decoder.2.b"] = np.zeros(3, np.float32)
 
 
 def _missing_moment(c):
-    del c.optimizer_state["m_sum"]
+    del c.optimizer_state["m"]
 
 
 def _bad_rng_state(c):
@@ -368,7 +404,7 @@ def _hyperparameters(c):
 
 @pytest.mark.parametrize("corrupt, words", [
     (_wrong_param_shape, "'decoder.0.b' of shape (3,)"), (_missing_param, "holds parameters"),
-    (_wrong_moment_shape, "optimizer state 'v_sum' 'decoder.2.b' of shape (3,)"), (_missing_moment, "'m_sum'"),
+    (_wrong_moment_shape, "optimizer state 'v' 'decoder.2.b' of shape (3,)"), (_missing_moment, "'m'"),
     (_bad_rng_state, "random state"), (_hyperparameters, "amsgrad"),
 ])
 def test_restore_validates_everything_before_modifying_anything(trained, corrupt, words):
@@ -463,7 +499,7 @@ def test_a_flipped_byte_in_array_data_is_refused(trained, tmp_path):
     """A flipped byte inside a parameter's data (numpy parses it fine) is caught by the CRC check."""
     data = bytearray(trained[0].read_bytes())
     with zipfile.ZipFile(trained[0]) as archive:
-        members = [archive.getinfo(name) for name in ("param/encoder.0.W.npy", "optim/v_sum/decoder.2.W.npy")]
+        members = [archive.getinfo(name) for name in ("param/encoder.0.W.npy", "optim/v/decoder.2.W.npy")]
     middles = [info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
                for info in members]
     for position in middles:
@@ -495,7 +531,7 @@ def assert_same_checkpoint(a, b):
     assert a.params.keys() == b.params.keys()
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])
-        for kind in ("m_sum", "v_sum"):
+        for kind in ("m", "v"):
             np.testing.assert_array_equal(a.optimizer_state[kind][name], b.optimizer_state[kind][name])
     assert a.optimizer_state["step"] == b.optimizer_state["step"]
 
@@ -601,7 +637,7 @@ def test_the_archive_is_plain_npz_with_no_pickles(trained):
         arrays = {k: npz[k] for k in npz.files}
     assert meta.ndim == 0 and meta.dtype.kind == "U"
     assert {f"param/{p.name}" for p in model.parameters()} <= names
-    assert {f"optim/v_sum/{p.name}" for p in model.parameters()} <= names
+    assert {f"optim/v/{p.name}" for p in model.parameters()} <= names
     assert all(not a.dtype.hasobject for a in arrays.values())
     with zipfile.ZipFile(path) as archive:
         assert all(info.filename.endswith(".npy") for info in archive.infolist())
@@ -623,9 +659,9 @@ BAD_VALUES = [
     ({"add": {W: np.zeros((12, 8), dtype=np.complex64)}}, f"array '{W}' has dtype complex64"),
     ({"add": {W: np.zeros((12, 8), dtype=np.float64)}}, f"array '{W}' has dtype float64"),
     ({"add": {W: np.full((12, 8), np.nan, dtype=np.float32)}}, f"array '{W}' holds NaN"),
-    ({"add": {"optim/v_sum/decoder.0.b": np.full(8, np.inf, dtype=np.float32)}},
-     "array 'optim/v_sum/decoder.0.b' holds inf"),
-    ({"add": {"optim/v_sum/decoder.0.b": np.full(8, -1, dtype=np.float32)}}, "holds negative values"),
+    ({"add": {"optim/v/decoder.0.b": np.full(8, np.inf, dtype=np.float32)}},
+     "array 'optim/v/decoder.0.b' holds inf"),
+    ({"add": {"optim/v/decoder.0.b": np.full(8, -1, dtype=np.float32)}}, "holds negative values"),
     ({"edit_meta": _set("optimizer", "step", -1)}, "optimizer: step=-1 must be an integer >= 0"),
     ({"edit_meta": _set("optimizer", "step", 2.5)}, "optimizer: step=2.5 must be an integer >= 0"),
     ({"edit_meta": _set("hyper", "lr", "0.001")}, "optimizer hyperparameter lr='0.001' must be a finite number > 0"),

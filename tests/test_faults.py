@@ -141,7 +141,7 @@ def assert_same_run(resumed, uninterrupted):
         assert bits(a.params[name]) == bits(b.params[name]), f"parameter {name} differs"
     assert a.optimizer_state["step"] == b.optimizer_state["step"]
     assert a.optimizer_state["hyperparameters"] == b.optimizer_state["hyperparameters"]
-    for kind in ("m_sum", "v_sum"):
+    for kind in ("m", "v"):
         for name in b.params:
             assert bits(a.optimizer_state[kind][name]) == bits(b.optimizer_state[kind][name]), f"{kind} {name}"
     assert a.rng_state == b.rng_state
@@ -323,7 +323,7 @@ def assert_epoch_1_is_the_last_good_checkpoint(out):
     checkpoint = load_checkpoint(out / "checkpoint.npz")
     assert checkpoint.epoch == 1
     assert all(np.isfinite(array).all() for array in checkpoint.params.values())
-    assert all(np.isfinite(array).all() for kind in ("m_sum", "v_sum") for array in checkpoint.optimizer_state[kind].values())
+    assert all(np.isfinite(array).all() for kind in ("m", "v") for array in checkpoint.optimizer_state[kind].values())
     assert len(checkpoint.extra["history"]) == 1
     assert len(read_metrics(out)[1]) == 1
     assert not (out / "reconstruction_2.png").exists()
@@ -708,8 +708,8 @@ def _set_meta(*keys, value):
         "param/encoder.0.W": np.zeros((SIDE * SIDE, 16), dtype=np.complex64)}),
      ["array 'param/encoder.0.W' has dtype complex64"]),
     (lambda out: edit_checkpoint(out / "checkpoint.npz", arrays={
-        "optim/v_sum/decoder.0.b": np.full(16, np.inf, dtype=np.float32)}),
-     ["array 'optim/v_sum/decoder.0.b' holds inf"]),
+        "optim/v/decoder.0.b": np.full(16, np.inf, dtype=np.float32)}),
+     ["array 'optim/v/decoder.0.b' holds inf"]),
     (lambda out: edit_checkpoint(out / "checkpoint.npz", arrays={
         "param/decoder.2.b": np.full(SIDE * SIDE, np.nan, dtype=np.float32)}),
      ["array 'param/decoder.2.b' holds NaN"]),

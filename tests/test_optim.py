@@ -126,7 +126,7 @@ def test_adam_keeps_float32(make_backend):
     p = _parameter(backend, np.ones(4, dtype=np.float32), np.full(4, 0.1, dtype=np.float32))
     adam = Adam([p], backend=backend)
     adam.step()
-    assert p.data.dtype == adam.moments["m_sum"]["layer.W"].dtype == adam.moments["v_sum"]["layer.W"].dtype == np.float32
+    assert p.data.dtype == adam.moments["m"]["layer.W"].dtype == adam.moments["v"]["layer.W"].dtype == np.float32
     assert math.isclose(float(p.data[0]), 1 - 1e-3, rel_tol=1e-5)
 
 

@@ -1,5 +1,5 @@
-"""Fused elementwise kernels, one module per engine: ``cuda`` holds CuPy's. Each kernel computes the
-formulas of the plain ``xp`` code it replaces (layers, gaussian, likelihoods, optim), which stays the
-readable reference; the tests compare the two. ``backend.py`` chooses which engine's kernels a
-Backend gets, or none (then the plain code runs).
+"""Fused elementwise kernels, one module per engine: ``cuda`` holds CuPy's, ``cpu`` Numba's. Each
+kernel computes the formulas of the plain ``xp`` code it replaces (layers, gaussian, likelihoods,
+optim), which stays the readable reference; the tests compare the two. ``backend.py`` chooses which
+engine's kernels a Backend gets, or none (then the plain code runs).
 """
