@@ -31,7 +31,7 @@ def reparameterize(xp, mu, logvar, eps, kernels=None):
 
 def reparameterize_backward(xp, dz, logvar, eps):
     """Eq. (16), summed over the L samples as in eq. (18):
-    ``dmu = sum_l dz_l``, ``dlogvar = sum_l dz_l * eps_l * 0.5 * exp(0.5 * logvar)``.
+    ``dmu = sum_s dz_s``, ``dlogvar = sum_s dz_s * eps_s * 0.5 * exp(0.5 * logvar)``.
 
     dz: (L*B, J); logvar: (B, J); eps: (L, B, J) or (B, J) -> (dmu, dlogvar), each (B, J).
     """
@@ -68,7 +68,7 @@ def kl_divergence_backward(xp, mu, logvar, dkl=None):
 
 def head_gradient(xp, dz, mu, logvar, eps, kernels=None, kl_weight=1.0):
     """Eq. (18): the gradient at the encoder head ``[mu | logvar]``, both paths added:
-    ``dmu = sum_l dz_l + mu``, ``dlogvar = sum_l dz_l * eps_l * 0.5 * exp(0.5 logvar)
+    ``dmu = sum_s dz_s + mu``, ``dlogvar = sum_s dz_s * eps_s * 0.5 * exp(0.5 logvar)
     + 0.5 * (exp(logvar) - 1)`` (eq. (16) through z, eq. (17) through the KL of the batch sum).
     With a KL weight beta (eq. (42)) the KL path is multiplied by beta.
 

@@ -115,8 +115,8 @@ def _kl(mu, logvar, kl):
 @numba.njit(**_JIT)
 def _head_gradient(dz_sum, dz_eps_sum, mu, logvar, dmu, dlogvar):
     """Eq. (18) after its sums over L, in the operation order of ``gaussian.head_gradient``'s plain
-    path: ``dmu = sum_l dz_l + mu``;
-    ``dlogvar = (sum_l dz_l eps_l) * (0.5 exp(0.5 logvar)) + 0.5 (exp(logvar) - 1)``."""
+    path: ``dmu = sum_s dz_s + mu``;
+    ``dlogvar = (sum_s dz_s eps_s) * (0.5 exp(0.5 logvar)) + 0.5 (exp(logvar) - 1)``."""
     one, half = mu.dtype.type(1), mu.dtype.type(0.5)
     for b in range(mu.shape[0]):
         for j in range(mu.shape[1]):

@@ -39,8 +39,8 @@ SOURCES = {
     "kl_terms": ElementwiseSource(
         "T mu, T logvar", "T kl",
         "kl = (T)-0.5 * ((T)1 + logvar - mu * mu - exp(logvar));"),  # eq. (7), term j
-    # gaussian.head_gradient after the sums over the L samples: dz_sum = sum_l dz_l,
-    # dz_eps_sum = sum_l dz_l * eps_l.
+    # gaussian.head_gradient after the sums over the L samples: dz_sum = sum_s dz_s,
+    # dz_eps_sum = sum_s dz_s * eps_s.
     "head_gradient": ElementwiseSource(
         "T dz_sum, T dz_eps_sum, T mu, T logvar", "T dmu, T dlogvar",
         "T std = exp((T)0.5 * logvar);"
