@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from . import __version__, checks
-from .backend import BACKEND_NAMES, DTYPES
+from .backend import BACKEND_NAMES, DTYPES, get_backend
 from .errors import BackendUnavailable, CheckpointError
 from .fileio import atomic_write
 from .layers import ACTIVATIONS
@@ -501,3 +501,38 @@ def model_from_checkpoint(checkpoint, backend):
     for p in parameters:
         p.data[...] = backend.to_device(checkpoint.params[p.name])
     return model
+
+
+def checkpoint_path(run):
+    """The checkpoint file named by RUN: RUN itself, or RUN/checkpoint.npz when RUN is a folder."""
+    if os.path.isdir(run):
+        path = os.path.join(run, CHECKPOINT_NAME)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{run}: holds no {CHECKPOINT_NAME}; pass the --out folder of a run that has "
+                                  f"trained at least one epoch, or a checkpoint file")
+        return path
+    if not os.path.exists(run):
+        raise CheckpointError(f"{run}: no such run folder or checkpoint file; pass the --out folder of a "
+                              f"minivae.train run, or its {CHECKPOINT_NAME}")
+    return run
+
+
+def load_model(path, backend=None):
+    """The trained VAE of a run: ``path`` is a run folder (the ``--out`` of ``minivae.train``) or a
+    checkpoint file. The model is built from the checkpoint's config, checked against the folder's
+    ``config.json`` when there is one, and holds the checkpoint's parameters. ``backend`` defaults to
+    NumPy in the checkpoint's dtype (seed 0; the seed only matters for sampling).
+
+    Raises CheckpointError naming the file and the field when anything does not fit.
+    """
+    file = checkpoint_path(path)
+    checkpoint = load_checkpoint(file)
+    config_file = os.path.join(os.path.dirname(os.path.abspath(file)), CONFIG_NAME)
+    if os.path.isfile(config_file):
+        fix = "the folder's config.json and checkpoint.npz must come from the same run; pass the checkpoint file alone"
+        settings = read_run_settings(config_file, fix)
+        shared = ("latent_dim", "activation", "likelihood")  # named alike in both files
+        _check_config(checkpoint, dict(checkpoint.config, **{f: settings[f] for f in shared if f in settings}))
+    if backend is None:
+        backend = get_backend("numpy", dtype=checkpoint.dtype, seed=0)
+    return model_from_checkpoint(checkpoint, backend)

@@ -27,11 +27,11 @@ import numpy as np
 
 from . import __version__
 from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, check_run_settings, load_checkpoint, model_from_checkpoint,
-                         read_run_settings)
+from .checkpoint import (CONFIG_NAME, check_run_settings, checkpoint_path, load_checkpoint,
+                         model_from_checkpoint, read_run_settings)
 from .cli import Parser, add_output_flags, nonnegative_int, positive_int, run_command
 from .data import DATASETS, binarize_dataset, load_dataset
-from .errors import CheckpointError, DataError, NumericalError
+from .errors import DataError, NumericalError
 from .fileio import atomic_write
 from .interrupts import check_interrupt
 from .gaussian import gaussian_log_density, reparameterize
@@ -271,20 +271,6 @@ def _timed_evaluation(model, test_x, args, chunk):
         if progress is not None:
             progress.close()
     return elbos, log_likelihoods, time.perf_counter() - start
-
-
-def checkpoint_path(run):
-    """The checkpoint file named by RUN: RUN itself, or RUN/checkpoint.npz when RUN is a folder."""
-    if os.path.isdir(run):
-        path = os.path.join(run, CHECKPOINT_NAME)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{run}: holds no {CHECKPOINT_NAME}; pass the --out folder of a run that has "
-                                  f"trained at least one epoch, or a checkpoint file")
-        return path
-    if not os.path.exists(run):
-        raise CheckpointError(f"{run}: no such run folder or checkpoint file; pass the --out folder of a "
-                              f"minivae.train run, or its {CHECKPOINT_NAME}")
-    return run
 
 
 def run_settings(path, checkpoint):

@@ -768,3 +768,25 @@ def test_get_backend_takes_numpy_dtypes():
     for bad in (np.float16, "float16", None, "bogus"):
         with pytest.raises(ValueError, match="dtype must be one of"):
             numpy_backend(bad)
+
+
+def test_load_model_gives_the_saved_model(tmp_path):
+    """``minivae.load_model`` of a run folder and of its checkpoint file: the same parameters and the
+    same decoder outputs as the model that was saved; a config.json of another run is refused."""
+    backend = numpy_backend(dtype="float32", seed=3)
+    model = small_model(backend)
+    optimizer = Adam(model.parameters(), lr=1e-2)
+    train(model, optimizer, batch(backend).astype(np.float32), steps=2)
+    save_checkpoint(str(tmp_path / "checkpoint.npz"), model, optimizer, epoch=1)
+    z = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+    for path in (tmp_path, tmp_path / "checkpoint.npz"):
+        loaded = minivae.load_model(str(path))
+        assert host_params(loaded).keys() == host_params(model).keys()
+        for name, array in host_params(model).items():
+            np.testing.assert_array_equal(host_params(loaded)[name], array)
+        np.testing.assert_array_equal(loaded.decode(z), model.decode(z))
+    (tmp_path / "config.json").write_text(json.dumps({"latent_dim": 4}))
+    with pytest.raises(CheckpointError, match="latent_dim"):
+        minivae.load_model(str(tmp_path))
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        minivae.load_model(str(tmp_path / "missing"))
