@@ -18,10 +18,11 @@ import scipy.stats
 from device_guard import GuardBackend
 from tiny_data import cli_args, command_stderr_lines, read_metrics, write_dataset
 
-from minivae import evaluate, train
+from minivae import estimators, evaluate, train
 from minivae.backend import numpy_backend
 from minivae.errors import MinivaeError
-from minivae.evaluate import elbo, importance_weighted_log_likelihood, log_importance_weights, logsumexp
+from minivae.estimators import elbo, importance_weighted_log_likelihood, log_importance_weights
+from minivae.objectives import logsumexp
 from minivae.model import VAE
 
 D, J, S2 = 5, 3, 0.3
@@ -152,8 +153,8 @@ def test_chunked_equals_unchunked_for_the_same_eps(make_backend):
 def test_the_seeded_evaluation_does_not_depend_on_the_chunk_size():
     model = VAE(12, (8,), 3, backend=_numpy64(0))
     test_x = np.random.default_rng(0).random((7, 12))
-    first = evaluate.evaluate_test_set(model, test_x, 30, 4, 30, seed=9)
-    second = evaluate.evaluate_test_set(model, test_x, 30, 4, 7, seed=9)
+    first = estimators.evaluate_test_set(model, test_x, 30, 4, 30, seed=9)
+    second = estimators.evaluate_test_set(model, test_x, 30, 4, 7, seed=9)
     assert np.array_equal(first[0], second[0])
     assert np.allclose(first[1], second[1], rtol=1e-13)
 
@@ -171,13 +172,13 @@ def test_float32_models_decode_in_float32_and_reduce_in_float64(make_backend):
 def test_the_chunk_fits_the_memory_budget():
     model = VAE(784, (400,), 20, backend=_numpy64())
     row_bytes = (6 * 784 + 2 * 400 + 4 * 20) * 8
-    assert evaluate.samples_per_chunk(model, 100, 100 * row_bytes * 37.5) == 37
-    assert evaluate.samples_per_chunk(model, 100, 1) == 1
+    assert estimators.samples_per_chunk(model, 100, 100 * row_bytes * 37.5) == 37
+    assert estimators.samples_per_chunk(model, 100, 1) == 1
 
 
 def test_mean_and_standard_error():
-    assert evaluate.mean_and_standard_error([1.0, 3.0]) == (2.0, pytest.approx(1.0))
-    assert evaluate.mean_and_standard_error([-4.0]) == (-4.0, 0.0)
+    assert estimators.mean_and_standard_error([1.0, 3.0]) == (2.0, pytest.approx(1.0))
+    assert estimators.mean_and_standard_error([-4.0]) == (-4.0, 0.0)
 
 
 def _numpy64(seed=0):

@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from kinks import KINK_MARGIN, relu_input_margin
-from minivae import evaluate, gaussian, model as model_module, objectives
+from minivae import estimators, gaussian, model as model_module, objectives
 from minivae.backend import get_backend
 from minivae.gaussian import reparameterize
 from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, gradient_error
@@ -97,10 +97,10 @@ def test_iwae_loss_is_below_the_average_of_its_samples_elbos(make_backend):
     assert iwae < np.mean(per_sample) - 1e-6  # strictly, for weights that differ
 
 
-def test_log_mean_exp_is_stable_and_shared_with_evaluate(make_backend):
+def test_log_mean_exp_is_stable_and_shared_with_the_estimators(make_backend):
     backend = make_backend("float64")
     xp = backend.xp
-    assert evaluate.logsumexp is objectives.logsumexp  # one implementation
+    assert estimators.logsumexp is objectives.logsumexp  # one implementation
     a = np.array([[-1e4, 3.0], [-1e4 - 1, 700.0], [-1e4 + 2, 1e3]])
     ours = backend.to_numpy(objectives.log_mean_exp(xp, backend.to_device(a)))
     np.testing.assert_allclose(ours, scipy.special.logsumexp(a, axis=0) - np.log(3), rtol=1e-14)

@@ -16,7 +16,7 @@ from tiny_data import cli_args, read_metrics, write_dataset
 from minivae import evaluate, train
 from minivae.backend import get_backend
 from minivae.checkpoint import load_checkpoint, model_from_checkpoint
-from minivae.evaluate import ACTIVE_UNIT_THRESHOLD, latent_statistics
+from minivae.estimators import ACTIVE_UNIT_THRESHOLD, latent_statistics
 
 STEPS = 128 // 16  # training images / batch size: steps per epoch of cli_args' runs
 
