@@ -4,9 +4,9 @@ CuPy alike); ``python -m minivae.evaluate`` (minivae/evaluate.py) is the command
 - ``elbo``: the ELBO of eq. (2) per test point, estimated as the training loss is (eq. (3): L = the
   model's samples of z, the KL of eq. (7) exact);
 - ``importance_weighted_log_likelihood``: the importance-weighted estimate of log p(x) of eq. (22) with
-  K samples, its log-weights ``log_importance_weights`` from eq. (21) and the NLL of eq. (8), (9), (35)
-  or (40), reduced by the stable logsumexp of eq. (23) in chunks of samples that fit in memory
-  (``samples_per_chunk``);
+  K samples, its log-weights ``log_importance_weights`` from ``VAE.forward`` (eq. (44) and the NLL of
+  eq. (8), (9), (35) or (40)), reduced by the stable logsumexp of eq. (23) in chunks of samples that fit
+  in memory (``samples_per_chunk``);
 - ``evaluate_test_set``: both over a whole test set, seeded; ``mean_and_standard_error``;
 - ``latent_statistics``: the active units and the KL per latent dimension of eq. (47).
 """
@@ -15,29 +15,21 @@ import math
 
 import numpy as np
 
-from .gaussian import gaussian_log_density, reparameterize
+from .gaussian import kl_per_dimension
 from .interrupts import check_interrupt
 from .objectives import logsumexp  # eq. (23): the one stable reduction, shared with the IWAE objective
 
 
-def log_importance_weights(model, x, mu, logvar, eps):
-    """The terms of eq. (22): ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``, with
-    ``z_k = mu + eps_k * exp(0.5 * logvar)`` (eq. (5)), ``log p(x|z) = -NLL`` (eq. (8) or (9)), and
-    ``log p(z)``, ``log q(z|x)`` the Gaussian log-densities of eq. (21) (mean 0 and log-variance 0
-    for the prior).
+def log_importance_weights(model, x, eps, posterior=None):
+    """The terms of eq. (22), ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)`` with
+    ``z_k = mu + eps_k * exp(0.5 * logvar)`` (eq. (5)): ``VAE.forward``'s, with log q in the form of eq. (44)
+    (the same log w the IWAE objective trains on).
 
-    x: (B, D); mu, logvar: (B, J), the encoder's output for x; eps: (S, B, J) -> (S, B), in the
-    model's dtype.
+    x: (B, D); eps: (S, B, J); ``posterior``: the (mu, logvar) of x from ``model.encode(x)``, to share one
+    encoder pass between chunks (default: encoded here). Returns (S, B), in the model's dtype.
     """
-    xp = model.backend.xp
-    n = eps.shape[0]
-    z = reparameterize(xp, mu, logvar, eps, model.backend.kernels)            # (S*B, J), sample-major
-    log_px_given_z = -model.likelihood.nll(model.decoder.forward(z), xp.tile(x, (n, 1)))
-    z = z.reshape(eps.shape)
-    zeros = xp.zeros_like(mu)
-    log_pz = gaussian_log_density(xp, z, zeros, zeros)                        # (S, B)
-    log_qz = gaussian_log_density(xp, z, mu, logvar)                          # (S, B)
-    return log_px_given_z.reshape(n, -1) + log_pz - log_qz
+    terms, _ = model.forward(x, eps, for_backward=False, checked=posterior is not None, posterior=posterior)
+    return terms.log_weights
 
 
 def importance_weighted_log_likelihood(model, x, n_samples, chunk, noise=None):
@@ -45,9 +37,9 @@ def importance_weighted_log_likelihood(model, x, n_samples, chunk, noise=None):
     draws z_k ~ q(z|x).
 
     The K samples are drawn and decoded ``chunk`` at a time, so memory holds one chunk's decoder
-    pass (chunk * B rows). Each chunk's (chunk, B) log-weights are promoted to float64 and reduced
-    by eq. (23); the chunks' results are combined by ``logaddexp(a, b) = log(e^a + e^b)``, which is
-    eq. (23) for two terms. The result is eq. (23) over all K log-weights, whatever ``chunk`` is,
+    pass (chunk * B rows); the encoder runs once. Each chunk's (chunk, B) log-weights are promoted to
+    float64 and reduced by eq. (23); the chunks' results are combined by ``logaddexp(a, b) = log(e^a + e^b)``,
+    which is eq. (23) for two terms. The result is eq. (23) over all K log-weights, whatever ``chunk`` is,
     up to float64 rounding; only the decoder works in the model's dtype.
 
     x: (B, D) on the model's backend; ``noise``: the Backend whose ``standard_normal`` draws eps
@@ -55,11 +47,11 @@ def importance_weighted_log_likelihood(model, x, n_samples, chunk, noise=None):
     """
     xp = model.backend.xp
     noise = model.backend if noise is None else noise
-    mu, logvar = model.encode(x)
+    posterior = model.encode(x)
     total = None
     for start in range(0, n_samples, chunk):
-        eps = noise.standard_normal((min(chunk, n_samples - start),) + tuple(mu.shape))
-        chunk_total = logsumexp(xp, log_importance_weights(model, x, mu, logvar, eps).astype(xp.float64))
+        eps = noise.standard_normal((min(chunk, n_samples - start),) + tuple(posterior[0].shape))
+        chunk_total = logsumexp(xp, log_importance_weights(model, x, eps, posterior).astype(xp.float64))
         total = chunk_total if total is None else xp.logaddexp(total, chunk_total)
     return total - math.log(n_samples)
 
@@ -90,7 +82,7 @@ def latent_statistics(model, test_x, batch_size):
     for start in range(0, len(test_x), batch_size):
         mu, logvar = model.encode(backend.to_device(test_x[start:start + batch_size]))
         means.append(backend.to_numpy(mu).astype(np.float64))
-        kls.append(backend.to_numpy(-0.5 * (1 + logvar - mu * mu - backend.xp.exp(logvar))).astype(np.float64))
+        kls.append(backend.to_numpy(kl_per_dimension(backend.xp, mu, logvar)).astype(np.float64))
     means = np.concatenate(means)
     return means.var(axis=0), np.concatenate(kls).mean(axis=0)
 
