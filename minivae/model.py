@@ -179,43 +179,43 @@ class VAE:
             eps, z = None, mu                                                           # z = mu: no noise
         else:
             eps = as_samples(self.draw_eps(x.shape[0]) if eps is None else eps, mu)     # (S, B, J)
-            z = reparameterize(xp, mu, logvar, eps, kernels)                            # eq. (5), (S*B, J)
+            z = reparameterize(xp, mu, logvar, eps, kernels)                            # eq. (5): (S*B, J)
         n_samples = z.shape[0] // x.shape[0]
         out = self.decoder.forward(z)                                                   # eq. (6)
         x_rows = self._repeat(x, n_samples)
-        if for_backward:
-            nll, dout = self.likelihood.nll_and_grad(out, x_rows)        # eq. (8)-(11), (35)-(41): NLL, dNLL/dout
+        if for_backward and not use_mean:
+            nll, dout = self.likelihood.nll_and_grad(out, x_rows)   # eq. (8)-(11), (35)-(41): NLL and dNLL/dout
         else:
-            nll, dout = self.likelihood.nll(out, x_rows), None           # eq. (8), (9), (35) or (40)
+            nll, dout = self.likelihood.nll(out, x_rows), None      # eq. (8), (9), (35) or (40)
         nll = nll.reshape(n_samples, -1)                                                # (S, B)
         kl = kl_divergence(xp, mu, logvar, kernels)                                     # eq. (7)
-        terms = Terms(nll.mean(axis=0), kl, None, None)                                 # eq. (3)
+        log_weights = None if use_mean else importance_log_weights(xp, nll, z.reshape(eps.shape), eps, logvar)  # (44)
+        terms = Terms(nll.mean(axis=0), kl, None, log_weights)                          # eq. (3): mean over S
         if not use_mean:
-            log_weights = importance_log_weights(xp, nll, z.reshape(eps.shape), eps, logvar)  # eq. (44)
-            terms = terms._replace(log_weights=log_weights)
             terms = terms._replace(loss=self.objective.loss(terms, kl_weight))          # eq. (3), (42) or (43)
-        return terms, Cache(mu, logvar, eps, z, dout if not use_mean else None, terms, kl_weight)
+        return terms, Cache(mu, logvar, eps, z, dout, terms, kl_weight)
 
     def backward(self, cache):
         """The gradient of the summed loss of ``forward`` by hand, steps 1-9 of section 13 of
         docs/derivation.md: eq. (10)-(18) for the ELBO (with a KL weight, eq. (42)), eq. (45), (46) for
         the IWAE. Overwrites every parameter's ``grad`` with d(sum of terms.loss)/d(parameter).
-        cache: the second result of ``forward`` (which sampled z, with ``for_backward=True``)."""
+        cache: the second result of ``forward`` (which sampled z, with ``for_backward=True``); it is
+        not changed, so a second backward gives the same gradients."""
         xp, kernels = self.backend.xp, self.backend.kernels
         if cache.dout is None:
             raise ValueError("backward needs a forward that sampled z (not use_mean) with for_backward=True")
         eps = cache.eps
-        grad = self.objective.backward(cache.terms, cache.z.reshape(eps.shape), cache.kl_weight)  # eq. (3), (42), (45)
-        dout = cache.dout                                               # step 1: dNLL/dout, eq. (10), (11), (37), (41)
-        if getattr(grad.nll, "ndim", 0):
-            dout *= grad.nll.reshape(-1, 1)                             # step 1: times w~_k, eq. (46)
-        elif grad.nll != 1.0:
-            dout *= grad.nll                                            # step 1: the 1/L of eq. (3)
-        dz = self.decoder.backward(dout)                                # steps 2-4: eq. (12)-(15)
+        grad = self.objective.backward(cache.terms, cache.z.reshape(eps.shape), cache.kl_weight)  # (3), (42), (45)
+        dout = cache.dout                                          # step 1: dNLL/dout, eq. (10), (11), (37), (41)
+        if isinstance(grad.nll, float):
+            dout = dout if grad.nll == 1.0 else dout * grad.nll    # step 1: times the 1/L of eq. (3)
+        else:
+            dout = dout * grad.nll.reshape(-1, 1)                  # step 1: times w~_k of eq. (46)
+        dz = self.decoder.backward(dout)                           # steps 2-4: eq. (12)-(15)
         if grad.z is not None:
-            dz = dz + grad.z.reshape(dz.shape)                          # eq. (46): + w~_k z_k through log p(z)
-        dhead = head_gradient(xp, dz, cache.mu, cache.logvar, eps, kernels, grad.kl, grad.logvar)  # steps 5-6: (16)-(18), (42), (46)
-        self.encoder.backward(dhead)                                    # steps 7-9: eq. (12), (13)
+            dz = dz + grad.z.reshape(dz.shape)                     # eq. (46): + w~_k z_k through log p(z)
+        dhead = head_gradient(xp, dz, cache.mu, cache.logvar, eps, kernels, grad.kl, grad.logvar)  # steps 5-6: eq. (16)-(18), (42), (46)
+        self.encoder.backward(dhead)                               # steps 7-9: eq. (12), (13)
 
     # ------------------------------------------------------------------------------------------
     # What callers use: the training step, the test losses, finite differences, pictures

@@ -224,3 +224,26 @@ def test_checked_data_skip_the_checks_and_give_the_same_numbers(make_backend):
     assert calls == once
     assert [float(t) for t in first] == [float(t) for t in second]
     assert all((p.grad == g).all() for p, g in zip(model.parameters(), grads))
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_forward_and_backward_are_the_one_path(make_backend, objective):
+    """``loss_and_backward`` is ``forward`` then ``backward``; a cache can be walked back twice with the
+    same result; a forward that did not keep the likelihood's gradient (or decoded z = mu) cannot."""
+    backend = make_backend("float64", 8)
+    model = VAE(6, (5,), 2, n_samples=3, objective=objective, backend=backend)
+    x, eps = backend.uniform((4, 6)), model.draw_eps(4)
+    summed = model.loss_and_backward(x, eps)
+    expected = [backend.to_numpy(p.grad).copy() for p in model.parameters()]
+    terms, cache = model.forward(x, eps)
+    assert terms.loss.shape == terms.reconstruction.shape == terms.kl.shape == (4,)
+    assert terms.log_weights.shape == (3, 4)
+    assert float(terms.loss.sum()) == float(summed.total)
+    for _ in range(2):
+        model.backward(cache)
+        assert all((backend.to_numpy(p.grad) == g).all() for p, g in zip(model.parameters(), expected))
+    for kwargs in ({"for_backward": False}, {"use_mean": True}):
+        terms, cache = model.forward(x, eps, **kwargs)
+        with pytest.raises(ValueError, match="backward needs a forward that sampled z"):
+            model.backward(cache)
+    assert terms.loss is None and terms.log_weights is None  # z = mu: no sample, no bound
