@@ -309,18 +309,12 @@ def relu_input_margin(model, x, eps):
 
 @contextlib.contextmanager
 def smallest_relu_inputs(*networks):
-    """Within the block, every ReLU layer of ``networks`` (Sequentials, nested ones included) records
-    the smallest |input| of each of its forward passes in the list this yields; afterwards the layers
-    are as they were."""
+    """Within the block, each forward of a ReLU layer of ``networks`` (Sequentials) appends its smallest
+    |input| to the list this yields; afterwards the layers are as they were."""
     from .layers import ReLU
 
-    smallest, relus = [], []
-    pending = list(networks)
-    while pending:
-        layer = pending.pop()
-        pending.extend(getattr(layer, "layers", ()))
-        if isinstance(layer, ReLU):
-            relus.append(layer)
+    smallest = []
+    relus = [layer for network in networks for layer in network.layers if isinstance(layer, ReLU)]
 
     def recording(forward):
         def forward_and_record(inputs):

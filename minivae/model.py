@@ -188,11 +188,13 @@ class VAE:
         else:
             nll, dout = self.likelihood.nll(out, x_rows), None      # eq. (8), (9), (35) or (40)
         nll = nll.reshape(n_samples, -1)                                                # (S, B)
+        reconstruction = nll.mean(axis=0)                                               # eq. (3): mean over S
         kl = kl_divergence(xp, mu, logvar, kernels)                                     # eq. (7)
-        log_weights = None if use_mean else importance_log_weights(xp, nll, z.reshape(eps.shape), eps, logvar)  # (44)
-        terms = Terms(nll.mean(axis=0), kl, None, log_weights)                          # eq. (3): mean over S
-        if not use_mean:
-            terms = terms._replace(loss=self.objective.loss(terms, kl_weight))          # eq. (3), (42) or (43)
+        if use_mean:                                                                    # no sample, no bound
+            return Terms(reconstruction, kl, None, None), Cache(mu, logvar, None, z, None, None, kl_weight)
+        log_weights = importance_log_weights(xp, nll, z.reshape(eps.shape), eps, logvar)  # eq. (44): (S, B)
+        loss = self.objective.loss(reconstruction, kl, log_weights, kl_weight)          # eq. (3), (42) or (43)
+        terms = Terms(reconstruction, kl, loss, log_weights)
         return terms, Cache(mu, logvar, eps, z, dout, terms, kl_weight)
 
     def backward(self, cache):
@@ -205,7 +207,7 @@ class VAE:
         if cache.dout is None:
             raise ValueError("backward needs a forward that sampled z (not use_mean) with for_backward=True")
         eps = cache.eps
-        grad = self.objective.backward(cache.terms, cache.z.reshape(eps.shape), cache.kl_weight)  # (3), (42), (45)
+        grad = self.objective.backward(cache.terms.log_weights, cache.z.reshape(eps.shape), cache.kl_weight)  # (45)
         dout = cache.dout                                          # step 1: dNLL/dout, eq. (10), (11), (37), (41)
         if isinstance(grad.nll, float):
             dout = dout if grad.nll == 1.0 else dout * grad.nll    # step 1: times the 1/L of eq. (3)

@@ -109,13 +109,14 @@ class ELBO(Objective):
 
     name = "elbo"
 
-    def loss(self, terms, kl_weight=1.0):
-        """Eq. (3), (42) per datapoint: ``mean_l NLL_l + beta KL``. terms: ``VAE.forward``'s -> (B,)."""
+    def loss(self, reconstruction, kl, log_weights, kl_weight=1.0):
+        """Eq. (3), (42) per datapoint: ``mean_l NLL_l + beta KL``. reconstruction (the mean NLL), kl: (B,)
+        -> (B,); the log-weights are not used."""
         if kl_weight == 1.0:
-            return terms.reconstruction + terms.kl
-        return terms.reconstruction + kl_weight * terms.kl
+            return reconstruction + kl
+        return reconstruction + kl_weight * kl
 
-    def backward(self, terms, z, kl_weight=1.0):
+    def backward(self, log_weights, z, kl_weight=1.0):
         """Eq. (3), (42): ``dLoss/dNLL_l = 1/L`` for every sample and ``dLoss/dKL = beta``; nothing
         reaches z or logvar but through the NLL and the KL."""
         return ObjectiveGradient(1.0 / self.n_samples, kl_weight, None, None)
@@ -127,15 +128,16 @@ class IWAE(Objective):
 
     name = "iwae"
 
-    def loss(self, terms, kl_weight=1.0):
-        """Eq. (43), negated: ``-log (1/K) sum_k w_k`` per datapoint. terms: ``VAE.forward``'s -> (B,)."""
-        return -log_mean_exp(self.xp, terms.log_weights)
+    def loss(self, reconstruction, kl, log_weights, kl_weight=1.0):
+        """Eq. (43), negated: ``-log (1/K) sum_k w_k`` per datapoint. log_weights: (K, B) -> (B,); the
+        reconstruction and the closed-form KL are not used."""
+        return -log_mean_exp(self.xp, log_weights)
 
-    def backward(self, terms, z, kl_weight=1.0):
+    def backward(self, log_weights, z, kl_weight=1.0):
         """Eq. (45), (46): ``dLoss/dNLL_k = w~_k``; through log p(z_k) ``dLoss/dz_k = w~_k z_k``; through
         log q(z|x) directly (eq. (44)) ``dLoss/dlogvar_j = sum_k w~_k * (-0.5) = -0.5``. The normalised
-        weights w~ are constants of this pass; no KL. terms.log_weights: (K, B); z: (K, B, J)."""
-        weights = normalized_weights(self.xp, terms.log_weights)
+        weights w~ are constants of this pass; no KL. log_weights: (K, B); z: (K, B, J)."""
+        weights = normalized_weights(self.xp, log_weights)
         return ObjectiveGradient(weights, 0.0, weights[:, :, None] * z, IWAE_DLOGVAR)
 
 
