@@ -288,7 +288,7 @@ def _layer_case(kind, backend, inputs, sizes):
     likelihood = make_likelihood(kind, backend, sizes["s2"])  # the registry's, minivae/likelihoods.py
     out, x, dnll = inputs["out"], inputs["x"], inputs["dnll"]  # dnll: a random upstream gradient per row
     _, dout_sum = likelihood.nll_and_grad(out, x)  # the gradient of the sum of the rows' NLL
-    equations = "eq. {nll}, {gradient}".format(**likelihood.equations)
+    equations = f"{likelihood.equations['nll']}, {likelihood.equations['gradient']}"
     if likelihood.variance_kind == NUMBER:
         equations += f", s2={likelihood.variance:g}"
     return (f"{type(likelihood).__name__} NLL of ({B}, {D}) ({equations})", lambda: likelihood.nll(out, x), dnll,

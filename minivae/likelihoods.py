@@ -5,7 +5,7 @@ Each class declares what the rest of minivae reads: ``name`` (the ``likelihood``
 ``variance_kind`` (the ``variance`` setting it takes: None, NUMBER for a fixed one, or LEARNED),
 ``outputs_per_value`` (decoder outputs per data value), ``support`` (the interval the data must lie
 in, None for any real number), ``output`` (what the decoder outputs), ``equations`` (those of
-docs/derivation.md for the NLL, its gradient and the mean). ``nll`` and ``nll_and_grad`` take the
+docs/derivation.md for the NLL, its gradient and the mean, e.g. "eq. (8)"). ``nll`` and ``nll_and_grad`` take the
 decoder output ``out`` and the data ``x`` of shape (N, D) and return per-row values of shape (N,);
 ``nll_and_grad`` returns the NLL and ``d(sum of NLL)/d out`` together, sharing the intermediate
 arrays (this is what the training step calls). ``REGISTRY`` maps (name, variance kind) to the class;
@@ -56,8 +56,8 @@ class Likelihood:
     equations = {}
 
     def check_data(self, x):
-        """Refuse data outside ``support`` in one line (on the host: x is a NumPy array). A pass over x:
-        the public entry points of the model call it on the CPU only, once per batch."""
+        """Refuse data outside ``support`` (ValueError, one line). One pass over x (and on a GPU a copy
+        to the host): the model's public entry points call it on the CPU only, once per batch."""
         if self.support is None or not x.size:
             return
         low, high = float(x.min()), float(x.max())
@@ -77,7 +77,7 @@ class Bernoulli(Likelihood):
     name, title = "bernoulli", "Bernoulli"
     support = (0.0, 1.0)
     output = "logits"
-    equations = {"nll": "(8)", "gradient": "(10)", "mean": "(10)"}
+    equations = {"nll": "eq. (8)", "gradient": "eq. (10)", "mean": "eq. (10)"}
 
     def __init__(self, backend):
         self.xp = backend.xp
@@ -130,7 +130,7 @@ class Gaussian(Likelihood):
 
     name, title, variance_kind = "gaussian", "Gaussian", NUMBER
     output = "y"
-    equations = {"nll": "(9)", "gradient": "(11)", "mean": "(9)"}
+    equations = {"nll": "eq. (9)", "gradient": "eq. (11)", "mean": "eq. (9)"}
 
     def __init__(self, backend, variance=1.0):
         problem = checks.positive_number(variance)
@@ -213,7 +213,7 @@ class ContinuousBernoulli(Likelihood):
     name, title = "continuous-bernoulli", "continuous Bernoulli"
     support = (0.0, 1.0)
     output = "logits"
-    equations = {"nll": "(35)", "gradient": "(37)", "mean": "(38)"}
+    equations = {"nll": "eq. (35)", "gradient": "eq. (37)", "mean": "eq. (38)"}
 
     def __init__(self, backend):
         self.xp = backend.xp
@@ -258,7 +258,7 @@ class LearnedVarianceGaussian(Likelihood):
     name, title, variance_kind = "gaussian", "Gaussian with a learned variance", LEARNED
     outputs_per_value = 2
     output = "[y|r]"
-    equations = {"nll": "(40)", "gradient": "(41)", "mean": "(40)"}
+    equations = {"nll": "eq. (40)", "gradient": "eq. (41)", "mean": "eq. (40)"}
 
     def __init__(self, backend, min_logvar=MIN_LOGVAR):
         self.xp = backend.xp
