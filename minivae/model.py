@@ -73,7 +73,8 @@ class VAE:
             of a normalised density on [0, 1], eq. (35)) or "gaussian" (decoder outputs the mean of
             N(x; y, variance)).
         variance: the fixed variance s2 of the Gaussian likelihood, or "learned": the decoder then
-            outputs a mean and a log-variance per value (eq. (39)-(41)).
+            outputs a mean and a log-variance per value (eq. (39)-(41)). The other likelihoods have
+            none: anything but the default 1.0 is refused (ValueError).
         n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)), or
             K, the number of importance samples of the IWAE objective.
         objective: "elbo" (eq. (3), with an optional KL weight, eq. (42)) or "iwae" (the
