@@ -40,8 +40,8 @@ from minivae.backend import get_backend
 from minivae.checkpoint import load_checkpoint, model_from_checkpoint
 from minivae.data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from minivae.errors import MinivaeError
-from minivae.evaluate import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
-                              samples_per_chunk)
+from minivae.estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
+                                samples_per_chunk)
 from minivae.fileio import atomic_write
 
 OBJECTIVES = ("elbo", "iwae")

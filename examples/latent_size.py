@@ -3,7 +3,7 @@
 Trains one short run per latent size (2, 5, 10, 20 by default) on the same subset of the dataset (the
 first ``--train-size`` training and ``--test-size`` test images, written as IDX files under ``--out``,
 since the training command has no flag for a subset), then computes, with each run's final weights,
-the ELBO per data point (``minivae.evaluate.elbo``) on the training and on the test images, and plots
+the ELBO per data point (``minivae.estimators.elbo``) on the training and on the test images, and plots
 both against the latent size. The paper plots whole learning curves over 10^8 training samples; here
 every run sees ``--epochs`` x ``--train-size`` of them, far from converged: after one epoch the larger
 latent spaces are still behind (their KL term is still being paid down), which is not the paper's
@@ -38,7 +38,7 @@ from minivae import train
 from minivae.backend import get_backend
 from minivae.checkpoint import load_checkpoint, model_from_checkpoint
 from minivae.data import DATASETS, IDX_FILES, load_dataset, read_idx, resolve_default_dataset
-from minivae.evaluate import elbo
+from minivae.estimators import elbo
 from minivae.errors import MinivaeError
 from minivae.fileio import atomic_write
 

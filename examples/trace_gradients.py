@@ -48,11 +48,11 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from minivae.backend import numpy_backend
-from minivae.gaussian import kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
+from minivae.gaussian import LOG_2PI, kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
 from minivae import objectives
 from minivae.cli import nonnegative_float, positive_int, variance_setting
 from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, summarize
-from minivae.likelihoods import LIKELIHOODS
+from minivae.likelihoods import LIKELIHOODS, likelihood_class
 from minivae.model import VAE
 
 SEED = 21  # weights where 2 of the 3 ReLU units are on in each hidden layer, none near the kink at 0
@@ -98,6 +98,13 @@ def parse_args(argv):
     if not args.classic and (tuple(args.dims), tuple(args.x), tuple(args.eps), args.seed, args.settings) != (DIMS, X, EPS, SEED, []):
         parser.error("--dims, --x, --eps, --seed and --set trace the Bernoulli ELBO network; the likelihood and "
                      "objective flags trace the 4-3-2-3-4 one: use one kind or the other")
+    problem = objectives.combination_problem(args.objective, args.beta)
+    if problem is not None:
+        parser.error(f"--objective {args.objective} --beta {args.beta:g}: {problem}")
+    try:
+        likelihood_class(args.likelihood, args.variance)
+    except ValueError as error:
+        parser.error(f"--likelihood {args.likelihood} --variance {args.variance}: {error}")
     d, h, j = args.dims
     if min(args.dims) < 1:
         parser.error(f"--dims: every size must be >= 1, got {d} {h} {j}")
@@ -176,13 +183,14 @@ def trace_variant(args):
     show("KL (closed form)", "eq. (7)", kl)
     if args.objective == "iwae":
         z_samples, eps_samples = z.reshape(eps.shape), eps.reshape(args.samples, 1, 2)
-        log_weights = objectives.iwae_log_weights(xp, nll.reshape(args.samples, 1), z_samples, eps_samples, logvar)
+        log_weights = objectives.importance_log_weights(xp, nll.reshape(args.samples, 1), z_samples, eps_samples,
+                                                        logvar)
         show("log q(z|x) = -0.5 sum(log 2pi + logvar + eps^2)", "eq. (44)",
-             -0.5 * (objectives.LOG_2PI + logvar + eps_samples ** 2).sum(axis=-1))
+             -0.5 * (LOG_2PI + logvar + eps_samples ** 2).sum(axis=-1))
         show("log w = -NLL + log p(z) - log q(z|x)", "eq. (43)", log_weights)
         show("normalised weights w~ (constants of the backward)", "eq. (45)",
              objectives.normalized_weights(xp, log_weights))
-        loss = objectives.iwae_loss(xp, log_weights).sum()
+        loss = (-objectives.log_mean_exp(xp, log_weights)).sum()
         show("loss = -log mean_k w_k", "eq. (43)", loss)
     else:
         loss = nll.sum() / args.samples + args.beta * kl.sum()

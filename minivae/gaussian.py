@@ -42,15 +42,21 @@ def reparameterize_backward(xp, dz, logvar, eps):
     return dmu, dlogvar
 
 
+def kl_per_dimension(xp, mu, logvar):
+    """Eq. (7) term by term (eq. (47)): ``-0.5 * (1 + logvar_j - mu_j^2 - exp(logvar_j))``, the KL of
+    each latent dimension. mu, logvar: (B, J) -> (B, J)."""
+    return -0.5 * (1 + logvar - mu * mu - xp.exp(logvar))
+
+
 def kl_divergence(xp, mu, logvar, kernels=None):
     """Eq. (7), per datapoint: ``KL(N(mu, diag exp(logvar)) || N(0, I))
-    = -0.5 * sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))``.
+    = -0.5 * sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))``, the sum of ``kl_per_dimension``.
 
     mu, logvar: (B, J) -> (B,). ``kernels``: the backend's fused kernels, or None.
     """
     if kernels is not None:
         return kernels.kl_terms(mu, logvar).sum(axis=1)
-    return -0.5 * (1 + logvar - mu * mu - xp.exp(logvar)).sum(axis=1)
+    return kl_per_dimension(xp, mu, logvar).sum(axis=1)
 
 
 def kl_divergence_backward(xp, mu, logvar, dkl=None):
@@ -66,31 +72,28 @@ def kl_divergence_backward(xp, mu, logvar, dkl=None):
     return dmu * dkl[:, None], dlogvar * dkl[:, None]
 
 
-def head_gradient(xp, dz, mu, logvar, eps, kernels=None, kl_weight=1.0):
+def head_gradient(xp, dz, mu, logvar, eps, kernels=None, kl_weight=1.0, dlogvar_direct=None):
     """Eq. (18): the gradient at the encoder head ``[mu | logvar]``, both paths added:
     ``dmu = sum_s dz_s + mu``, ``dlogvar = sum_s dz_s * eps_s * 0.5 * exp(0.5 logvar)
     + 0.5 * (exp(logvar) - 1)`` (eq. (16) through z, eq. (17) through the KL of the batch sum).
-    With a KL weight beta (eq. (42)) the KL path is multiplied by beta.
+    With a KL weight beta (eq. (42)) the KL path is multiplied by beta (and left out for beta = 0, as
+    for the IWAE objective, which has no KL); ``dlogvar_direct`` (a number, e.g. the IWAE's -0.5 of
+    eq. (46)) is a gradient reaching logvar directly, added to dlogvar.
 
     dz: (L*B, J); mu, logvar: (B, J); eps: (L, B, J) or (B, J) -> dhead: (B, 2J).
     ``kernels``: the backend's fused kernels (one pass after the sums over L, beta = 1 only), or None.
     """
-    if kernels is None or kl_weight != 1.0:
-        dmu_rec, dlogvar_rec = reparameterize_backward(xp, dz, logvar, eps)
-        dmu_kl, dlogvar_kl = kl_divergence_backward(xp, mu, logvar)
-        if kl_weight != 1.0:
-            dmu_kl, dlogvar_kl = dmu_kl * kl_weight, dlogvar_kl * kl_weight
-        return xp.concatenate([dmu_rec + dmu_kl, dlogvar_rec + dlogvar_kl], axis=1)
+    if kernels is None or kl_weight != 1.0 or dlogvar_direct is not None:
+        dmu, dlogvar = reparameterize_backward(xp, dz, logvar, eps)
+        if kl_weight != 0.0:
+            dmu_kl, dlogvar_kl = kl_divergence_backward(xp, mu, logvar)
+            if kl_weight != 1.0:
+                dmu_kl, dlogvar_kl = dmu_kl * kl_weight, dlogvar_kl * kl_weight
+            dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl
+        if dlogvar_direct is not None:
+            dlogvar = dlogvar + dlogvar_direct
+        return xp.concatenate([dmu, dlogvar], axis=1)
     eps = as_samples(eps, mu)
     dz = dz.reshape(eps.shape)
     dmu, dlogvar = kernels.head_gradient(dz.sum(axis=0), (dz * eps).sum(axis=0), mu, logvar)
     return xp.concatenate([dmu, dlogvar], axis=1)
-
-
-def gaussian_log_density(xp, z, mu, logvar):
-    """Eq. (21): ``log N(z; mu, diag exp(logvar)) = -0.5 * sum_j (log 2pi + logvar_j
-    + (z_j - mu_j)^2 / exp(logvar_j))``, per row. With mu = 0, logvar = 0 it is the prior log p(z).
-
-    z, mu, logvar: broadcastable to (..., J) -> (...,).
-    """
-    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * xp.exp(-logvar)).sum(axis=-1)

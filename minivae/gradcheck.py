@@ -14,8 +14,9 @@ The file has three parts:
 
 1. The primitives above: ``numerical_gradient``, ``relative_error``, ``gradient_error``.
 2. Reusable checks that return one ``GradientRow`` per checked array: ``check_model`` (every
-   parameter of a VAE, eps held fixed) and ``check_layer`` (one piece alone), with ``format_table``
-   to print them. The command line and ``examples/trace_gradients.py`` both use these.
+   parameter of a VAE, eps held fixed, through ``VAE.forward`` and ``VAE.backward``) and
+   ``check_layer`` (one piece alone), with ``format_table`` to print them. The command line and
+   ``examples/trace_gradients.py`` both use these.
 3. The command line, ``python -m minivae.gradcheck`` (installed as ``minivae-gradcheck``): builds a
    small VAE of the sizes asked for, prints the table and exits 1 when an error is above the
    tolerance (2 for a bad flag or an unavailable backend).
@@ -31,11 +32,14 @@ float32, with the float32 code path under test, and the differences on a float64
 same values. The error is then float32's rounding of the backward (~1e-7 measured), checked
 against ``FLOAT32_TOLERANCE`` = 1e-4: loose enough for rounding, tight enough for any wrong formula.
 
-Imports: the module imports nothing from minivae but ``backend`` and ``errors`` at load time (the
-design's import rule); the model and its pieces are imported inside the functions that build them.
+Imports: at load time the module imports only ``backend``, ``cli`` and ``errors`` of minivae; the
+model and its pieces (layers, gaussian, likelihoods, conv, objectives) are imported inside the
+functions that use them. Nothing in minivae imports this module (it is a command, at the top of the
+design's import order).
 """
 
 import argparse
+import contextlib
 import math
 import sys
 from collections import namedtuple
@@ -251,7 +255,7 @@ def _layer_case(kind, backend, inputs, sizes):
     """
     from . import gaussian
     from .layers import Linear, activation
-    from .likelihoods import make_likelihood
+    from .likelihoods import NUMBER, make_likelihood
 
     xp, B, D, H, J, L = backend.xp, sizes["B"], sizes["D"], sizes["H"], sizes["J"], sizes["L"]
     if kind == "linear":
@@ -281,42 +285,50 @@ def _layer_case(kind, backend, inputs, sizes):
         return (f"KL to N(0, I), mu and logvar ({B}, {J}) (eq. (7), (17))",
                 lambda: gaussian.kl_divergence(xp, mu, logvar), dkl, arrays,
                 list(gaussian.kl_divergence_backward(xp, mu, logvar, dkl)))
-    likelihood = make_likelihood(kind, backend, sizes["s2"])
+    likelihood = make_likelihood(kind, backend, sizes["s2"])  # the registry's, minivae/likelihoods.py
     out, x, dnll = inputs["out"], inputs["x"], inputs["dnll"]  # dnll: a random upstream gradient per row
     _, dout_sum = likelihood.nll_and_grad(out, x)  # the gradient of the sum of the rows' NLL
-    if kind != "gaussian":
-        name, equations = "logits", {"bernoulli": "eq. (8), (10)", "continuous-bernoulli": "eq. (35), (37)"}[kind]
-    elif sizes["s2"] == "learned":
-        name, equations = "[y|r]", "eq. (39)-(41), learned variance"
-    else:
-        name, equations = "y", f"eq. (9), (11), s2={sizes['s2']:g}"
+    equations = f"{likelihood.equations['nll']}, {likelihood.equations['gradient']}"
+    if likelihood.variance_kind == NUMBER:
+        equations += f", s2={likelihood.variance:g}"
     return (f"{type(likelihood).__name__} NLL of ({B}, {D}) ({equations})", lambda: likelihood.nll(out, x), dnll,
-            [(name, out)], [dout_sum * dnll[:, None]])
+            [(likelihood.output, out)], [dout_sum * dnll[:, None]])
 
 
 def relu_input_margin(model, x, eps):
-    """The smallest |input| of any ReLU layer of the model for this x and eps (infinity without ReLU).
+    """The smallest |input| of any ReLU layer of the model in ``model.forward(x, eps)`` (infinity
+    without ReLU).
 
     A central difference that steps across ReLU's kink at 0 sees two different slopes; when this
     margin is below the step h, a FAIL may be the kink rather than a bug.
     """
-    from .gaussian import reparameterize
+    with smallest_relu_inputs(model.encoder, model.decoder) as smallest:
+        model.forward(x, eps, for_backward=False)
+    return min(smallest, default=math.inf)
+
+
+@contextlib.contextmanager
+def smallest_relu_inputs(*networks):
+    """Within the block, each forward of a ReLU layer of ``networks`` (Sequentials) appends its smallest
+    |input| to the list this yields; afterwards the layers are as they were."""
     from .layers import ReLU
 
-    margin = math.inf
+    smallest = []
+    relus = [layer for network in networks for layer in network.layers if isinstance(layer, ReLU)]
 
-    def run(network, inputs):
-        nonlocal margin
-        for layer in network.layers:
-            if isinstance(layer, ReLU):
-                margin = min(margin, float(abs(inputs).min()))
-            inputs = layer.forward(inputs)
-        return inputs
+    def recording(forward):
+        def forward_and_record(inputs):
+            smallest.append(float(abs(inputs).min()))
+            return forward(inputs)
+        return forward_and_record
 
-    head = run(model.encoder, x)
-    mu, logvar = head[:, :model.latent_dim], head[:, model.latent_dim:]
-    run(model.decoder, reparameterize(model.backend.xp, mu, logvar, eps))
-    return margin
+    for relu in relus:
+        relu.forward = recording(relu.forward)  # an instance attribute over the class's method
+    try:
+        yield smallest
+    finally:
+        for relu in relus:
+            del relu.forward
 
 
 def format_table(rows):

@@ -119,10 +119,6 @@ class ParameterBuffer:
                 merged.append([start, stop])
         return [slice(start, stop) for start, stop in merged]
 
-    def views(self, flat):
-        """``{parameter name: view of flat shaped like that parameter}`` for a flat array like ``data``."""
-        return {p.name: flat[self.slices[p.name]].reshape(p.data.shape) for p in self.parameters}
-
 
 class Layer:
     """Base class: a layer has a name, parameters (maybe none), forward and backward."""

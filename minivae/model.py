@@ -1,24 +1,33 @@
 """The Variational Autoencoder of Kingma & Welling, as in the classic PyTorch example.
 
-    x -> encoder MLP -> [mu, logvar]            eq. (4)
-      -> z = mu + eps * exp(0.5 * logvar)       eq. (5)
-      -> decoder MLP -> logits (or the mean y)  eq. (6)
-    loss = sum over the batch of NLL(x|z) + KL  eq. (3), (7), (8)/(9)
+    x -> encoder -> [mu, logvar]                   eq. (4)
+      -> z = mu + eps * exp(0.5 * logvar)          eq. (5)
+      -> decoder -> logits (or the mean y)         eq. (6)
+      -> NLL of each sample, KL of each datapoint  eq. (8), (9), (35) or (40); eq. (7)
+      -> log w of each sample                      eq. (44)
+      -> the objective's loss                      eq. (3), (42) or (43)
 
-``loss_and_backward`` walks the same path back by hand (eq. (10)-(18)), leaving every parameter's
-``grad`` set. Losses are **sums** over the batch (report them per sample by dividing by B).
+``VAE.forward`` is the one pass from x to these per-datapoint terms (the only code that takes z
+through the decoder to a likelihood); ``VAE.backward`` walks the same path back by hand (eq. (10)-(18),
+(45), (46)), in the order of section 13 of docs/derivation.md, leaving every parameter's ``grad`` set.
+The training step, the test loss, finite differences, the importance-weighted evaluation
+(minivae/estimators.py) and gradcheck all call them. Losses are **sums** over the batch (report them
+per sample by dividing by B).
+
+Input is checked once, at the public entry points (``forward``, ``loss_and_backward``, ``elbo_terms``,
+``objective_terms``, ``encode``): shape and dtype, and on the CPU the likelihood's data range.
+``checked=True`` says the caller has checked x already (the trainer's data were checked at load).
 """
 
 from collections import namedtuple
 
 from . import checks
 from .backend import numpy_backend
-from . import objectives
 from .conv import check_image_shape, conv_decoder, conv_decoder_values_per_row, conv_encoder
-from .gaussian import as_samples, head_gradient, kl_divergence, reparameterize, reparameterize_backward
+from .gaussian import as_samples, head_gradient, kl_divergence, reparameterize
 from .layers import ACTIVATIONS, ParameterBuffer, mlp
-from .likelihoods import LEARNED, LIKELIHOODS, make_likelihood
-from .objectives import OBJECTIVES
+from .likelihoods import LEARNED, LIKELIHOODS, likelihood_class, make_likelihood
+from .objectives import OBJECTIVES, importance_log_weights, make_objective
 
 ARCHITECTURES = ("mlp", "conv")
 
@@ -36,8 +45,19 @@ CONFIG_RULES = {
 and, before a model is built from one, on a checkpoint's config (``checkpoint.load_checkpoint``)."""
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
-LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and their sum, each summed over
-the batch (0-d arrays of the backend; ``float()`` brings one to the host)."""
+LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and the objective optimised, each
+summed over the batch (0-d arrays of the backend; ``float()`` brings one to the host)."""
+
+Terms = namedtuple("Terms", ["reconstruction", "kl", "loss", "log_weights"])
+Terms.__doc__ = """The per-datapoint terms of ``VAE.forward``: ``reconstruction`` (B,), the NLL averaged
+over the S samples of z (eq. (3)); ``kl`` (B,), the closed-form KL (eq. (7)); ``loss`` (B,), the
+objective's (eq. (3), (42) or (43)); ``log_weights`` (S, B), log w of each sample (eq. (44)). With
+``use_mean`` (z = mu) ``loss`` and ``log_weights`` are None: no sample, no bound."""
+
+Cache = namedtuple("Cache", ["mu", "logvar", "eps", "z", "dout", "terms", "kl_weight"])
+Cache.__doc__ = """What ``VAE.backward`` needs of ``VAE.forward`` beyond the layers' own caches: mu,
+logvar (B, J); eps (S, B, J); z (S*B, J); dout, dNLL/d(decoder output) (S*B, D or 2D); the terms; the
+KL weight. eps and dout are None after a forward that cannot be walked back (z = mu, or no gradient)."""
 
 
 class VAE:
@@ -53,7 +73,8 @@ class VAE:
             of a normalised density on [0, 1], eq. (35)) or "gaussian" (decoder outputs the mean of
             N(x; y, variance)).
         variance: the fixed variance s2 of the Gaussian likelihood, or "learned": the decoder then
-            outputs a mean and a log-variance per value (eq. (39)-(41)).
+            outputs a mean and a log-variance per value (eq. (39)-(41)). The other likelihoods have
+            none: anything but the default 1.0 is refused (ValueError).
         n_samples: L, the number of z samples per datapoint in the reconstruction term (eq. (3)), or
             K, the number of importance samples of the IWAE objective.
         objective: "elbo" (eq. (3), with an optional KL weight, eq. (42)) or "iwae" (the
@@ -77,6 +98,7 @@ class VAE:
             CONFIG_RULES)
         if problem is not None:
             raise ValueError(f"VAE: {problem[1]}")
+        self.likelihood = self._likelihood(likelihood, variance)
         hidden = tuple(int(h) for h in hidden)
         decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)
         self.config = {
@@ -86,10 +108,9 @@ class VAE:
         }
         if objective != "elbo":  # absent means elbo, as in the configs written before there was a choice
             self.config["objective"] = objective
-        self.objective = objective
+        self.objective = make_objective(objective, n_samples, self.backend.xp)
         self.latent_dim = int(latent_dim)
         self.n_samples = int(n_samples)
-        self.likelihood = make_likelihood(likelihood, self.backend, variance)
         # The encoder's last Linear is the fused head: 2J outputs, [mu | logvar] (eq. (4)).
         if architecture == "conv":
             self._build_conv(image_shape, channels)
@@ -101,6 +122,15 @@ class VAE:
             self.decoder_values_per_row = sum(decoder_hidden)
         self.buffer = ParameterBuffer(self.parameters(), self.backend)  # all data and grads in two flat arrays
 
+    def _likelihood(self, name, variance):
+        """The likelihood of the registry (minivae/likelihoods.py) for these settings; ValueError in one
+        line for a variance it does not take (variance="learned" with a Bernoulli, say)."""
+        try:
+            likelihood_class(name, variance)
+        except ValueError as error:
+            raise ValueError(f"VAE: {error}") from None
+        return make_likelihood(name, self.backend, variance)
+
     def _build_conv(self, image_shape, channels):
         """The conv encoder and decoder (minivae/conv.py, section 18 of docs/derivation.md) for images
         of ``image_shape`` (H, W), H*W = input_dim, with ``channels`` (c1, c2); recorded in the config
@@ -109,9 +139,9 @@ class VAE:
             raise ValueError("the conv architecture needs image_shape (H, W)")
         height, width = check_image_shape(image_shape)
         channels = tuple(int(c) for c in channels)
-        if height * width != self.config["input_dim"] or len(channels) != 2 or min(channels) < 1:
+        if height * width != self.config["input_dim"] or len(channels) != 2:
             raise ValueError(f"image_shape {height}x{width} must hold input_dim={self.config['input_dim']} "
-                             f"values and channels two sizes >= 1, got {channels}")
+                             f"values and channels two sizes, got {channels}")
         self.config.update(architecture="conv", image_shape=[height, width], channels=list(channels),
                            hidden=[], decoder_hidden=[])
         args = ((height, width), channels, self.latent_dim, self.config["activation"], self.backend)
@@ -123,11 +153,108 @@ class VAE:
         """Every trainable Parameter, encoder first, in a fixed order."""
         return self.encoder.parameters() + self.decoder.parameters()
 
+    # ------------------------------------------------------------------------------------------
+    # The one forward and the one backward
+
+    def forward(self, x, eps=None, use_mean=False, kl_weight=1.0, for_backward=True, checked=False,
+                posterior=None):
+        """The pass of eq. (4)-(8) and (44) from a batch to its per-datapoint terms.
+
+        x: (B, D); eps: (S, B, J) or (B, J), drawn (S = n_samples) when None; ``use_mean`` decodes
+        z = mu instead (the deterministic test loss). kl_weight: beta of eq. (42), which the objective
+        must take (ValueError otherwise: the IWAE takes none). ``for_backward=False`` skips the
+        likelihood's gradient (a forward only: test losses, evaluation). ``checked``: x is known to be
+        a valid batch. ``posterior``: the (mu, logvar) of x already computed by ``encode`` (the chunks
+        of the importance-weighted evaluation share one encoder pass; no backward then).
+        Returns (Terms, Cache) for ``backward``.
+        """
+        xp, kernels = self.backend.xp, self.backend.kernels
+        self.objective.check(kl_weight)
+        if not checked:
+            self._check_batch(x)
+        if posterior is not None and for_backward:
+            raise ValueError("a forward from a given posterior has no encoder pass to walk back: "
+                             "pass for_backward=False")
+        mu, logvar = self._encode(x) if posterior is None else posterior                # eq. (4)
+        if use_mean:
+            eps, z = None, mu                                                           # z = mu: no noise
+        else:
+            eps = as_samples(self.draw_eps(x.shape[0]) if eps is None else eps, mu)     # (S, B, J)
+            z = reparameterize(xp, mu, logvar, eps, kernels)                            # eq. (5): (S*B, J)
+        n_samples = z.shape[0] // x.shape[0]
+        out = self.decoder.forward(z)                                                   # eq. (6)
+        x_rows = self._repeat(x, n_samples)
+        if for_backward and not use_mean:
+            nll, dout = self.likelihood.nll_and_grad(out, x_rows)   # eq. (8)-(11), (35)-(41): NLL and dNLL/dout
+        else:
+            nll, dout = self.likelihood.nll(out, x_rows), None      # eq. (8), (9), (35) or (40)
+        nll = nll.reshape(n_samples, -1)                                                # (S, B)
+        reconstruction = nll.mean(axis=0)                                               # eq. (3): mean over S
+        kl = kl_divergence(xp, mu, logvar, kernels)                                     # eq. (7)
+        if use_mean:                                                                    # no sample, no bound
+            return Terms(reconstruction, kl, None, None), Cache(mu, logvar, None, z, None, None, kl_weight)
+        log_weights = importance_log_weights(xp, nll, z.reshape(eps.shape), eps, logvar)  # eq. (44): (S, B)
+        loss = self.objective.loss(reconstruction, kl, log_weights, kl_weight)          # eq. (3), (42) or (43)
+        terms = Terms(reconstruction, kl, loss, log_weights)
+        return terms, Cache(mu, logvar, eps, z, dout, terms, kl_weight)
+
+    def backward(self, cache):
+        """The gradient of the summed loss of ``forward`` by hand, steps 1-9 of section 13 of
+        docs/derivation.md: eq. (10)-(18) for the ELBO (with a KL weight, eq. (42)), eq. (45), (46) for
+        the IWAE. Overwrites every parameter's ``grad`` with d(sum of terms.loss)/d(parameter).
+        cache: the second result of ``forward`` (which sampled z, with ``for_backward=True``); it is
+        not changed, so a second backward gives the same gradients."""
+        xp, kernels = self.backend.xp, self.backend.kernels
+        if cache.dout is None:
+            raise ValueError("backward needs a forward that sampled z (not use_mean) with for_backward=True")
+        eps = cache.eps
+        grad = self.objective.backward(cache.terms.log_weights, cache.z.reshape(eps.shape), cache.kl_weight)  # (45)
+        dout = cache.dout                                          # step 1: dNLL/dout, eq. (10), (11), (37), (41)
+        if isinstance(grad.nll, float):
+            dout = dout if grad.nll == 1.0 else dout * grad.nll    # step 1: times the 1/L of eq. (3)
+        else:
+            dout = dout * grad.nll.reshape(-1, 1)                  # step 1: times w~_k of eq. (46)
+        dz = self.decoder.backward(dout)                           # steps 2-4: eq. (12)-(15)
+        if grad.z is not None:
+            dz = dz + grad.z.reshape(dz.shape)                     # eq. (46): + w~_k z_k through log p(z)
+        dhead = head_gradient(xp, dz, cache.mu, cache.logvar, eps, kernels, grad.kl, grad.logvar)  # steps 5-6: eq. (16)-(18), (42), (46)
+        self.encoder.backward(dhead)                               # steps 7-9: eq. (12), (13)
+
+    # ------------------------------------------------------------------------------------------
+    # What callers use: the training step, the test losses, finite differences, pictures
+
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0, checked=False):
+        """One ``forward`` and ``backward`` over a batch: the loss of eq. (3) (with a KL weight, eq.
+        (42); or with ``objective="iwae"`` the loss of eq. (43)) and its gradient.
+
+        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed);
+        kl_weight: beta of eq. (42), a finite number >= 0, 1 for the IWAE (ValueError otherwise).
+        Returns LossTerms summed over the batch: the reconstruction NLL (averaged over the samples),
+        the closed-form KL (eq. (7)), and ``total``, the objective optimised (the negative ELBO only when
+        the objective is the ELBO and kl_weight is 1). Overwrites every parameter's ``grad`` with
+        d(total)/d(parameter).
+        """
+        terms, cache = self.forward(x, eps, kl_weight=kl_weight, checked=checked)
+        self.backward(cache)
+        return LossTerms(terms.reconstruction.sum(), terms.kl.sum(), terms.loss.sum())
+
+    def objective_terms(self, x, eps, kl_weight=1.0):
+        """Forward only: the LossTerms ``loss_and_backward(x, eps, kl_weight)`` returns, without
+        touching any gradient (what finite differences of the objective call)."""
+        terms, _ = self.forward(x, eps, kl_weight=kl_weight, for_backward=False)
+        return LossTerms(terms.reconstruction.sum(), terms.kl.sum(), terms.loss.sum())
+
+    def elbo_terms(self, x, eps=None, use_mean=False, checked=False):
+        """The per-datapoint terms of the negative ELBO, forward only: (reconstruction (B,), kl (B,)),
+        the reconstruction NLL averaged over the L samples (eq. (3)) and the KL (eq. (7)). x: (B, D);
+        eps: (L, B, J) or (B, J), drawn when None; ``use_mean`` decodes z = mu instead."""
+        terms, _ = self.forward(x, eps, use_mean, for_backward=False, checked=checked)
+        return terms.reconstruction, terms.kl
+
     def encode(self, x):
         """Eq. (4): x (B, D) -> (mu, logvar), each (B, J)."""
         self._check_input(x)
-        head = self.encoder.forward(x)
-        return head[:, :self.latent_dim], head[:, self.latent_dim:]
+        return self._encode(x)
 
     def decode(self, z):
         """Eq. (6) and the likelihood's mean: z (N, J) -> the mean of p(x|z), (N, D)."""
@@ -148,92 +275,19 @@ class VAE:
         """Fresh noise eps ~ N(0, I) of shape (L, B, J)."""
         return self.backend.standard_normal((self.n_samples, batch_size, self.latent_dim))
 
-    def elbo_terms(self, x, eps=None, use_mean=False):
-        """The per-datapoint terms of the negative ELBO, forward only.
+    def _encode(self, x):
+        """Eq. (4) on a checked x: the encoder's head [mu | logvar] split."""
+        head = self.encoder.forward(x)
+        return head[:, :self.latent_dim], head[:, self.latent_dim:]
 
-        x: (B, D); eps: (L, B, J) or (B, J), drawn when None; ``use_mean`` decodes z = mu instead
-        (the deterministic test loss). Returns (reconstruction (B,), kl (B,)): the reconstruction
-        NLL averaged over the L samples (eq. (3)) and the KL (eq. (7)).
-        """
-        xp, kernels = self.backend.xp, self.backend.kernels
-        self._check_values(x)
-        mu, logvar = self.encode(x)
-        if use_mean:
-            z, n_samples = mu, 1
-        else:
-            eps = self.draw_eps(x.shape[0]) if eps is None else eps
-            z = reparameterize(xp, mu, logvar, eps, kernels)
-            n_samples = z.shape[0] // x.shape[0]
-        nll = self.likelihood.nll(self.decoder.forward(z), self._repeat(x, n_samples))
-        reconstruction = nll.reshape(n_samples, -1).mean(axis=0)
-        return reconstruction, kl_divergence(xp, mu, logvar, kernels)
-
-    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
-        """One forward and hand-written backward pass over a batch: the loss of eq. (3) and its
-        gradient by eq. (10)-(18), in the order of section 13 of docs/derivation.md; with
-        ``objective="iwae"`` the loss of eq. (43) and its gradient by eq. (45), (46).
-
-        x: (B, D); eps: (L, B, J) or (B, J), drawn when None (pass it to hold the noise fixed);
-        kl_weight: beta of eq. (42), the weight of the KL in the ELBO objective (1: eq. (3)).
-        Returns LossTerms summed over the batch: the reconstruction NLL (averaged over the samples),
-        the closed-form KL (eq. (7)), and ``total``, the objective optimised (the negative ELBO only when
-        the objective is the ELBO and kl_weight is 1). Overwrites every parameter's ``grad`` with
-        d(total)/d(parameter).
-        """
-        xp, kernels = self.backend.xp, self.backend.kernels
-        self._check_values(x)
-        batch_size = x.shape[0]
-        eps = self.draw_eps(batch_size) if eps is None else eps
-        mu, logvar = self.encode(x)                                    # eq. (4)
-        z = reparameterize(xp, mu, logvar, eps, kernels)               # eq. (5)
-        n_samples = z.shape[0] // batch_size
-        out = self.decoder.forward(z)                                  # eq. (6)
-        nll, dout = self.likelihood.nll_and_grad(out, self._repeat(x, n_samples))  # eq. (8)-(11)
-        kl = kl_divergence(xp, mu, logvar, kernels)                    # eq. (7)
-        terms, log_weights = self._terms(nll, kl, z, eps, mu, logvar, kl_weight)
-        if log_weights is not None:
-            self._iwae_backward(dout, z, eps, logvar, log_weights)
-            return terms
-        if n_samples > 1:
-            dout *= 1.0 / n_samples                                    # the 1/L of eq. (3)
-        dz = self.decoder.backward(dout)                               # eq. (12)-(15)
-        dhead = head_gradient(xp, dz, mu, logvar, eps, kernels, kl_weight)  # eq. (16)-(18), (42)
-        self.encoder.backward(dhead)
-        return terms
-
-    def objective_terms(self, x, eps, kl_weight=1.0):
-        """Forward only: the LossTerms ``loss_and_backward(x, eps, kl_weight)`` returns, without
-        touching any gradient (what finite differences of the objective call)."""
-        xp, kernels = self.backend.xp, self.backend.kernels
-        mu, logvar = self.encode(x)
-        z = reparameterize(xp, mu, logvar, eps, kernels)
-        nll = self.likelihood.nll(self.decoder.forward(z), self._repeat(x, z.shape[0] // x.shape[0]))
-        return self._terms(nll, kl_divergence(xp, mu, logvar, kernels), z, eps, mu, logvar, kl_weight)[0]
-
-    def _terms(self, nll, kl, z, eps, mu, logvar, kl_weight):
-        """The summed LossTerms of a batch from its per-sample NLL (L*B,) and KL (B,), and the IWAE
-        log-weights of eq. (43) (K, B) (None for the ELBO)."""
-        xp = self.backend.xp
-        n_samples = nll.shape[0] // kl.shape[0]
-        reconstruction, kl_sum = nll.sum() / n_samples, kl.sum()
-        if self.objective == "elbo":
-            total = reconstruction + kl_sum if kl_weight == 1.0 else reconstruction + kl_weight * kl_sum
-            return LossTerms(reconstruction, kl_sum, total), None
-        eps = as_samples(eps, mu)
-        log_weights = objectives.iwae_log_weights(xp, nll.reshape(n_samples, -1), z.reshape(eps.shape), eps, logvar)
-        return LossTerms(reconstruction, kl_sum, objectives.iwae_loss(xp, log_weights).sum()), log_weights
-
-    def _iwae_backward(self, dout, z, eps, logvar, log_weights):
-        """Eq. (45), (46): each sample's likelihood gradient ``dout`` (K*B, D) times its normalised weight,
-        back through the decoder; plus w~ z through log p(z); into mu and logvar through z (eq. (16));
-        plus -0.5 into logvar directly through log q(z|x) (eq. (44))."""
-        xp = self.backend.xp
-        eps = as_samples(eps, logvar)
-        dnll, dz_prior = objectives.iwae_backward(xp, log_weights, z.reshape(eps.shape))
-        dout *= dnll.reshape(-1, 1)
-        dz = self.decoder.backward(dout) + dz_prior.reshape(z.shape)
-        dmu, dlogvar = reparameterize_backward(xp, dz, logvar, eps)
-        self.encoder.backward(xp.concatenate([dmu, dlogvar + objectives.IWAE_DLOGVAR], axis=1))
+    def _check_batch(self, x):
+        """x must be a batch (``_check_input``) of data the likelihood accepts (its ``support``: x in
+        [0, 1] for the Bernoulli and the continuous Bernoulli; pixels of 0..255 would give a loss of
+        ~1e12). The range is checked on the CPU only: on a GPU it would cost a device-to-host copy per
+        step (the datasets of minivae.data are checked when loaded)."""
+        self._check_input(x)
+        if self.backend.name == "numpy":
+            self.likelihood.check_data(x)
 
     def _check_input(self, x):
         """x must be a (B, D) array with B >= 1 in the backend's dtype (no silent promotion)."""
@@ -243,17 +297,6 @@ class VAE:
         if getattr(x, "dtype", None) != self.backend.dtype:
             raise TypeError(f"x has dtype {getattr(x, 'dtype', type(x).__name__)}, the model computes in "
                             f"{self.backend.dtype}; pass backend.to_device(x)")
-
-    def _check_values(self, x):
-        """The Bernoulli likelihood needs x in [0, 1] (pixels 0..255 would give a loss of ~1e12).
-        Checked on the CPU only: on a GPU it would cost a device-to-host copy per step (the datasets
-        of minivae.data are checked when loaded)."""
-        self._check_input(x)
-        if self.likelihood.name == "bernoulli" and self.backend.name == "numpy" and x.size:
-            low, high = float(x.min()), float(x.max())
-            if not (0 <= low and high <= 1):
-                raise ValueError(f"x holds values in [{low:g}, {high:g}]; the Bernoulli likelihood needs them "
-                                 f"in [0, 1] (divide pixels of 0..255 by 255)")
 
     def _repeat(self, x, n_samples):
         """x stacked n_samples times along the rows, to line up with z's sample-major rows."""

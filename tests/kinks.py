@@ -1,7 +1,10 @@
-"""Keep finite differences away from ReLU's kink: the smallest |input| any ReLU of a network sees."""
+"""Keep finite differences away from ReLU's kink: the smallest |input| any ReLU of a network sees,
+recorded during the network's own forward pass (``minivae.gradcheck.smallest_relu_inputs``; for a
+whole VAE, ``minivae.gradcheck.relu_input_margin`` records it during ``VAE.forward``)."""
 
-from minivae.gradcheck import DEFAULT_STEP
-from minivae.layers import ReLU
+import math
+
+from minivae.gradcheck import DEFAULT_STEP, smallest_relu_inputs
 
 # Finite differences move a coordinate by up to 2h; an input within ~2h * |weight|s of ReLU's kink can
 # cross it. Inputs drawn closer than this to 0 are rejected (Hypothesis `assume`).
@@ -9,11 +12,8 @@ KINK_MARGIN = 10 * DEFAULT_STEP
 
 
 def relu_input_margin(network, x):
-    """Run ``network`` (a Sequential) on x layer by layer; return min |input| over its ReLU layers
+    """min |input| over the ReLU layers of ``network`` (a Sequential) in ``network.forward(x)``
     (infinity when it has none)."""
-    margin = float("inf")
-    for layer in network.layers:
-        if isinstance(layer, ReLU):
-            margin = min(margin, float(abs(x).min()))
-        x = layer.forward(x)
-    return margin
+    with smallest_relu_inputs(network) as smallest:
+        network.forward(x)
+    return min(smallest, default=math.inf)

@@ -326,7 +326,7 @@ def test_model_from_checkpoint_refuses_a_config_it_cannot_build(trained):
     ({"latent_dim": 2}, "latent_dim", "3", "2"),
     ({"activation": "tanh"}, "activation", "relu", "tanh"),
     ({"likelihood": "gaussian"}, "likelihood", "bernoulli", "gaussian"),
-    ({"variance": 0.5}, "variance", "1.0", "0.5"),
+    # (a Bernoulli model with variance=0.5 is refused when built, issue 26: tests/test_model.py)
     ({"n_samples": 4}, "n_samples", "1", "4"),
 ])
 def test_restore_refuses_another_architecture_and_leaves_the_model_untouched(trained, overrides, field, saved,

@@ -18,10 +18,11 @@ import scipy.stats
 from device_guard import GuardBackend
 from tiny_data import cli_args, command_stderr_lines, read_metrics, write_dataset
 
-from minivae import evaluate, train
+from minivae import estimators, evaluate, train
 from minivae.backend import numpy_backend
 from minivae.errors import MinivaeError
-from minivae.evaluate import elbo, importance_weighted_log_likelihood, log_importance_weights, logsumexp
+from minivae.estimators import elbo, importance_weighted_log_likelihood, log_importance_weights
+from minivae.objectives import logsumexp
 from minivae.model import VAE
 
 D, J, S2 = 5, 3, 0.3
@@ -90,8 +91,7 @@ def test_with_the_exact_posterior_every_weight_is_p_x(make_backend):
     backend = make_backend("float64", seed=3)
     model, x, log_px = linear_gaussian_vae(backend)
     x = backend.to_device(x)
-    mu, logvar = model.encode(x)
-    log_w = backend.to_numpy(log_importance_weights(model, x, mu, logvar, backend.standard_normal((6, 20, J))))
+    log_w = backend.to_numpy(log_importance_weights(model, x, backend.standard_normal((6, 20, J))))
     assert np.allclose(log_w, log_px, rtol=1e-12, atol=0)
     for n_samples, chunk in [(1, 1), (7, 3), (50, 50)]:
         estimate = backend.to_numpy(importance_weighted_log_likelihood(model, x, n_samples, chunk))
@@ -141,8 +141,7 @@ def test_chunked_equals_unchunked_for_the_same_eps(make_backend):
     x = backend.uniform((5, 12))
     eps = backend.standard_normal((40, 5, 3))
     one_pass = backend.to_numpy(importance_weighted_log_likelihood(model, x, 40, 40, FixedNoise(eps)))
-    mu, logvar = model.encode(x)
-    direct = scipy.special.logsumexp(backend.to_numpy(log_importance_weights(model, x, mu, logvar, eps)), axis=0)
+    direct = scipy.special.logsumexp(backend.to_numpy(log_importance_weights(model, x, eps)), axis=0)
     assert np.allclose(one_pass, direct - math.log(40), rtol=1e-13)
     for chunk in (1, 3, 39):
         chunked = backend.to_numpy(importance_weighted_log_likelihood(model, x, 40, chunk, FixedNoise(eps)))
@@ -152,18 +151,29 @@ def test_chunked_equals_unchunked_for_the_same_eps(make_backend):
 def test_the_seeded_evaluation_does_not_depend_on_the_chunk_size():
     model = VAE(12, (8,), 3, backend=_numpy64(0))
     test_x = np.random.default_rng(0).random((7, 12))
-    first = evaluate.evaluate_test_set(model, test_x, 30, 4, 30, seed=9)
-    second = evaluate.evaluate_test_set(model, test_x, 30, 4, 7, seed=9)
+    first = estimators.evaluate_test_set(model, test_x, 30, 4, 30, seed=9)
+    second = estimators.evaluate_test_set(model, test_x, 30, 4, 7, seed=9)
     assert np.array_equal(first[0], second[0])
     assert np.allclose(first[1], second[1], rtol=1e-13)
+
+
+def test_the_evaluation_and_the_iwae_objective_share_their_log_weights(make_backend):
+    """One log w (eq. (44), from ``VAE.forward``): with the same eps, eq. (22) of the evaluation is minus
+    the IWAE objective's loss of eq. (43), datapoint by datapoint, whatever the chunks."""
+    backend = make_backend("float64", seed=6)
+    model = VAE(12, (8,), 3, n_samples=10, objective="iwae", backend=backend)
+    x = backend.uniform((5, 12))
+    eps = backend.standard_normal((10, 5, 3))
+    iwae_loss = backend.to_numpy(model.forward(x, eps)[0].loss)
+    estimate = backend.to_numpy(importance_weighted_log_likelihood(model, x, 10, 3, FixedNoise(eps)))
+    np.testing.assert_allclose(estimate, -iwae_loss, rtol=1e-13)
 
 
 def test_float32_models_decode_in_float32_and_reduce_in_float64(make_backend):
     backend = make_backend("float32", seed=1)
     model = VAE(12, (8,), 3, backend=backend)
     x = backend.uniform((4, 12))
-    mu, logvar = model.encode(x)
-    assert log_importance_weights(model, x, mu, logvar, backend.standard_normal((3, 4, 3))).dtype == np.float32
+    assert log_importance_weights(model, x, backend.standard_normal((3, 4, 3))).dtype == np.float32
     assert backend.to_numpy(importance_weighted_log_likelihood(model, x, 9, 4)).dtype == np.float64
     assert backend.to_numpy(elbo(model, x)).dtype == np.float64
 
@@ -171,13 +181,13 @@ def test_float32_models_decode_in_float32_and_reduce_in_float64(make_backend):
 def test_the_chunk_fits_the_memory_budget():
     model = VAE(784, (400,), 20, backend=_numpy64())
     row_bytes = (6 * 784 + 2 * 400 + 4 * 20) * 8
-    assert evaluate.samples_per_chunk(model, 100, 100 * row_bytes * 37.5) == 37
-    assert evaluate.samples_per_chunk(model, 100, 1) == 1
+    assert estimators.samples_per_chunk(model, 100, 100 * row_bytes * 37.5) == 37
+    assert estimators.samples_per_chunk(model, 100, 1) == 1
 
 
 def test_mean_and_standard_error():
-    assert evaluate.mean_and_standard_error([1.0, 3.0]) == (2.0, pytest.approx(1.0))
-    assert evaluate.mean_and_standard_error([-4.0]) == (-4.0, 0.0)
+    assert estimators.mean_and_standard_error([1.0, 3.0]) == (2.0, pytest.approx(1.0))
+    assert estimators.mean_and_standard_error([-4.0]) == (-4.0, 0.0)
 
 
 def _numpy64(seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minivae import gaussian, layers, likelihoods
-from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error, numerical_gradient, relative_error
+from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error, numerical_gradient, relative_error, relu_input_margin
 from minivae.model import VAE
 
 
@@ -95,3 +95,20 @@ def test_each_mutation_is_caught(make_backend, monkeypatch, mutation):
     backend = make_backend("float64", 0)
     backend.kernels = None  # the mutations are of the plain code (test_kernels ties the fused kernels to it)
     assert _worst_vae_error(backend) > 1e-2
+
+
+def test_relu_input_margin_is_read_from_the_models_own_forward(make_backend):
+    """``gradcheck.relu_input_margin`` records the ReLU inputs of ``VAE.forward`` (no copy of the path):
+    the pre-activations written out here by hand give the same smallest |input|, and afterwards no layer
+    keeps the recording."""
+    backend = make_backend("float64", 1)
+    model = VAE(5, (4,), 2, backend=backend)
+    x, eps = backend.uniform((3, 5)), model.draw_eps(3)
+    to_numpy = backend.to_numpy
+    W1, b1, W2, b2, W3, b3 = (to_numpy(p.data) for p in model.parameters()[:6])
+    a1 = to_numpy(x) @ W1 + b1
+    head = np.maximum(a1, 0) @ W2 + b2
+    z = head[:, :2] + to_numpy(eps)[0] * np.exp(0.5 * head[:, 2:])
+    a3 = z @ W3 + b3
+    assert relu_input_margin(model, x, eps) == pytest.approx(min(np.abs(a1).min(), np.abs(a3).min()), rel=1e-12)
+    assert not any("forward" in vars(layer) for layer in model.encoder.layers + model.decoder.layers)

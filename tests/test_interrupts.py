@@ -18,7 +18,7 @@ import weakref
 import pytest
 from tiny_data import cli_args, command_stderr_lines, write_dataset
 
-from minivae import evaluate, plots, train
+from minivae import estimators, evaluate, plots, train
 from minivae.interrupts import InterruptGuard, deferred_interrupts, installed_guard, interrupt_guard
 
 REPEATS = 30  # a 1-in-10 race escapes 30 runs with probability 0.9^30 < 5 %
@@ -80,13 +80,13 @@ def test_an_interrupt_dropped_in_a_callback_still_stops_the_run(data_dir, tmp_pa
 def test_evaluate_stops_too_when_the_interrupt_is_dropped(data_dir, tmp_path, monkeypatch, capsys, python_sigint):
     out = tmp_path / "run"
     assert train.main(argv(data_dir, out, epochs=1)) == 0
-    real_elbo = evaluate.elbo
+    real_elbo = estimators.elbo
 
     def elbo(*args, **kwargs):
         interrupt_in_a_callback()
         return real_elbo(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "elbo", elbo)
+    monkeypatch.setattr(estimators, "elbo", elbo)
     assert evaluate.main([str(out), "--iw-samples", "4", "--backend", "numpy", "--quiet"]) == 130
     assert capsys.readouterr().err.splitlines() == ["minivae-evaluate: interrupted; nothing was written"]
     assert not (out / "evaluation.json").exists()

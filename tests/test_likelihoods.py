@@ -15,7 +15,7 @@ seeds = st.integers(0, 2**31 - 1)
 
 
 def _likelihood(name, backend):
-    return make_likelihood(name, backend, variance=0.7)
+    return make_likelihood(name, backend, variance=0.7 if name == "gaussian" else None)
 
 
 @pytest.mark.parametrize("name", ["bernoulli", "gaussian"])
@@ -92,3 +92,45 @@ def test_softplus_does_not_overflow_at_the_largest_float32_logits(make_backend):
     nll, dlogits = Bernoulli(backend).nll_and_grad(logits, x)
     assert bool(backend.xp.isfinite(nll).all()) and bool(backend.xp.isfinite(dlogits).all())
     assert float(nll[0]) == pytest.approx(np.log(2), rel=1e-6)  # only the logit 0 costs anything
+
+
+def test_the_registry_holds_each_likelihood_once_with_what_it_declares(make_backend):
+    """One registry (issue 21): each class declares its name, the variance it takes, its outputs per
+    value, its data range and its equations; (gaussian, number) and (gaussian, learned) are two entries."""
+    from minivae.likelihoods import LEARNED, LIKELIHOODS, NUMBER, REGISTRY, likelihood_class
+
+    assert LIKELIHOODS == ("bernoulli", "gaussian", "continuous-bernoulli")
+    assert sorted(REGISTRY) == sorted([("bernoulli", None), ("gaussian", NUMBER), ("gaussian", LEARNED),
+                                       ("continuous-bernoulli", None)])
+    for (name, kind), cls in REGISTRY.items():
+        assert (cls.name, cls.variance_kind) == (name, kind)
+        assert set(cls.equations) == {"nll", "gradient", "mean"} and cls.outputs_per_value in (1, 2)
+    supports = {name: cls.support for (name, _), cls in REGISTRY.items()}
+    assert supports == {"bernoulli": (0.0, 1.0), "continuous-bernoulli": (0.0, 1.0), "gaussian": None}
+    assert likelihood_class("gaussian", LEARNED).outputs_per_value == 2
+    assert likelihood_class("gaussian", None) is likelihood_class("gaussian", 0.3) is Gaussian
+    assert likelihood_class("bernoulli", 1.0) is likelihood_class("bernoulli") is Bernoulli  # 1.0: configs' default
+    assert make_likelihood("gaussian", make_backend()).variance == 1.0
+
+
+@pytest.mark.parametrize("name, variance, message", [
+    ("bernoulli", "learned", "variance='learned' does not apply to the bernoulli likelihood, which has no variance"),
+    ("continuous-bernoulli", 0.5, "variance=0.5 does not apply to the continuous-bernoulli likelihood, which has no"),
+    ("gaussian", -1.0, "the Gaussian likelihood's variance must be a finite number > 0, got -1.0"),
+])
+def test_a_variance_the_likelihood_does_not_take_is_refused(make_backend, name, variance, message):
+    """issue 26: `VAE(likelihood="bernoulli", variance="learned")` trained a plain Bernoulli model."""
+    with pytest.raises(ValueError, match=f"^{message}"):
+        make_likelihood(name, make_backend(), variance)
+
+
+def test_the_data_range_check_is_the_classs(make_backend):
+    """Driven by each class's support, not by the name "bernoulli": the continuous Bernoulli is checked too."""
+    backend = make_backend("float64")
+    inside, outside = np.array([[0.0, 0.5, 1.0]]), np.array([[0.0, 1.5, 1.0]])
+    for name in ("bernoulli", "continuous-bernoulli"):
+        make_likelihood(name, backend).check_data(inside)
+        with pytest.raises(ValueError, match=r"x holds values in \[0, 1.5\]"):
+            make_likelihood(name, backend).check_data(outside)
+    make_likelihood("gaussian", backend).check_data(outside * 255 - 3)  # any real number
+    make_likelihood("gaussian", backend, "learned").check_data(outside * 255 - 3)

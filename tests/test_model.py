@@ -6,9 +6,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from kinks import KINK_MARGIN, relu_input_margin
-from minivae.gaussian import reparameterize
-from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error
+from kinks import KINK_MARGIN
+from minivae.gradcheck import DEFAULT_TOLERANCE, gradient_error, relu_input_margin
 from minivae.model import VAE
 
 widths = st.integers(1, 9)
@@ -20,13 +19,12 @@ widths = st.integers(1, 9)
 def test_vae_loss_gradient_for_every_parameter(make_backend, n, d, hidden, j, n_samples, likelihood, activation,
                                                seed):
     backend = make_backend("float64", seed)
-    model = VAE(d, hidden, j, activation=activation, likelihood=likelihood, variance=0.5, n_samples=n_samples,
+    variance = 0.5 if likelihood == "gaussian" else 1.0
+    model = VAE(d, hidden, j, activation=activation, likelihood=likelihood, variance=variance, n_samples=n_samples,
                 backend=backend)
     x = backend.uniform((n, d))
     eps = model.draw_eps(n)
-    mu, logvar = model.encode(x)
-    z = reparameterize(backend.xp, mu, logvar, eps)
-    assume(min(relu_input_margin(model.encoder, x), relu_input_margin(model.decoder, z)) > KINK_MARGIN)
+    assume(relu_input_margin(model, x, eps) > KINK_MARGIN)
     model.loss_and_backward(x, eps)
     dtotal = float(backend.standard_normal(()))  # a random upstream gradient of the scalar loss
 
@@ -158,6 +156,10 @@ def test_training_lowers_the_loss(make_backend):
     ({"likelihood": "gaussian", "variance": float("inf")}, "variance=inf must be 'learned' or a finite number > 0"),
     ({"likelihood": "poisson"}, "likelihood='poisson' must be one of bernoulli, gaussian"),
     ({"architecture": "resnet"}, "architecture='resnet' must be one of mlp, conv"),
+    # issue 26: a variance the likelihood has no use for was accepted and recorded
+    ({"likelihood": "bernoulli", "variance": "learned"},
+     "^VAE: variance='learned' does not apply to the bernoulli likelihood, which has no variance$"),
+    ({"likelihood": "continuous-bernoulli", "variance": 0.5}, "variance=0.5 does not apply to the continuous-bernoulli"),
     ({"architecture": "conv", "input_dim": 16, "image_shape": (4, 4), "channels": (2, 0)},
      r"channels=\(2, 0\) holds 0: each item must be an integer >= 1"),
 ])
@@ -190,12 +192,58 @@ def test_a_bad_batch_is_refused_in_one_clear_error(make_backend, make_x, error, 
             call(x)
 
 
-def test_pixels_of_0_to_255_are_refused_by_the_bernoulli_likelihood():
-    """issue 13, item 10: uint8-scaled pixels as floats gave a loss of ~9e12."""
-    model = VAE(input_dim=5, hidden=(4,), latent_dim=2)
-    x = model.backend.to_device(np.full((3, 5), 255.0))
-    for call in (model.loss_and_backward, model.elbo_terms):
-        with pytest.raises(ValueError, match=r"values in \[255, 255\].*needs them in \[0, 1\].*255"):
-            call(x)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli"])
+def test_pixels_of_0_to_255_are_refused_by_the_likelihoods_on_0_1(likelihood):
+    """issue 13, item 10: uint8-scaled pixels as floats gave a loss of ~9e12; issue 26: the continuous
+    Bernoulli took data outside [0, 1] (its loss of x*3-1 was -0.81)."""
+    model = VAE(input_dim=5, hidden=(4,), latent_dim=2, likelihood=likelihood)
+    title = {"bernoulli": "Bernoulli", "continuous-bernoulli": "continuous Bernoulli"}[likelihood]
+    for x in (np.full((3, 5), 255.0), np.linspace(-1, 2, 15).reshape(3, 5), np.full((3, 5), np.nan)):
+        x = model.backend.to_device(x)
+        for call in (model.loss_and_backward, model.elbo_terms, model.forward):
+            with pytest.raises(ValueError, match=rf"^x holds values in \[.*\]; the {title} likelihood needs them in "
+                                                 r"\[0, 1\] \(divide pixels of 0..255 by 255\)$"):
+                call(x)
     gaussian = VAE(input_dim=5, hidden=(4,), latent_dim=2, likelihood="gaussian")
-    assert np.isfinite(float(gaussian.loss_and_backward(x).total))  # any real x for a Gaussian
+    assert np.isfinite(float(gaussian.loss_and_backward(model.backend.to_device(np.full((3, 5), 255.0))).total))
+
+
+def test_checked_data_skip_the_checks_and_give_the_same_numbers(make_backend):
+    """Input is checked once: ``checked=True`` (the trainer's data, checked at load) skips the pass over x,
+    and changes nothing else."""
+    backend = make_backend("float64", 3)
+    model = VAE(6, (5,), 2, n_samples=2, backend=backend)
+    x, eps = backend.uniform((4, 6)), model.draw_eps(4)
+    calls = []
+    model.likelihood.check_data = lambda data: calls.append(data.shape)  # an instance attribute: this model only
+    once = [(4, 6)] if backend.name == "numpy" else []  # the range is checked on the CPU only
+    first = model.loss_and_backward(x, eps)
+    grads = [p.grad.copy() for p in model.parameters()]
+    assert calls == once  # once per step, not once per internal call
+    second = model.loss_and_backward(x, eps, checked=True)
+    assert calls == once
+    assert [float(t) for t in first] == [float(t) for t in second]
+    assert all((p.grad == g).all() for p, g in zip(model.parameters(), grads))
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_forward_and_backward_are_the_one_path(make_backend, objective):
+    """``loss_and_backward`` is ``forward`` then ``backward``; a cache can be walked back twice with the
+    same result; a forward that did not keep the likelihood's gradient (or decoded z = mu) cannot."""
+    backend = make_backend("float64", 8)
+    model = VAE(6, (5,), 2, n_samples=3, objective=objective, backend=backend)
+    x, eps = backend.uniform((4, 6)), model.draw_eps(4)
+    summed = model.loss_and_backward(x, eps)
+    expected = [backend.to_numpy(p.grad).copy() for p in model.parameters()]
+    terms, cache = model.forward(x, eps)
+    assert terms.loss.shape == terms.reconstruction.shape == terms.kl.shape == (4,)
+    assert terms.log_weights.shape == (3, 4)
+    assert float(terms.loss.sum()) == float(summed.total)
+    for _ in range(2):
+        model.backward(cache)
+        assert all((backend.to_numpy(p.grad) == g).all() for p, g in zip(model.parameters(), expected))
+    for kwargs in ({"for_backward": False}, {"use_mean": True}):
+        terms, cache = model.forward(x, eps, **kwargs)
+        with pytest.raises(ValueError, match="backward needs a forward that sampled z"):
+            model.backward(cache)
+    assert terms.loss is None and terms.log_weights is None  # z = mu: no sample, no bound

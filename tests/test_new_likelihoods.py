@@ -43,6 +43,18 @@ def test_new_likelihood_gradient(make_backend, name, variance, n, d, scale, seed
     assert gradient_error(lambda: likelihood.nll(out, x), out, dout * dnll[:, None], dnll) <= DEFAULT_TOLERANCE
 
 
+def test_continuous_bernoulli_nll_outside_0_1_is_infinite():
+    """issue 26: the density is 0 outside [0, 1], so the NLL is +inf there (``nll(l=0, x=2)`` was 0); a row
+    with one such value is +inf, the others are untouched."""
+    likelihood = ContinuousBernoulli(_numpy64())
+    logits = np.array([[0.0, 0.3], [0.0, 0.3], [-2.0, 5.0]])
+    x = np.array([[2.0, 0.5], [0.2, 0.5], [0.0, -1e-9]])
+    inside = likelihood.nll(logits[1:2], x[1:2])
+    for nll in (likelihood.nll(logits, x), likelihood.nll_and_grad(logits, x)[0]):
+        assert nll[0] == np.inf and nll[2] == np.inf
+        assert nll[1] == inside[0] and np.isfinite(inside[0])
+
+
 @pytest.mark.parametrize("logit", [0.0, 1e-12, 1e-4, -0.3, 0.999, 1.0, -1.001, 4.0, -25.0, 200.0])
 def test_continuous_bernoulli_density_integrates_to_one(logit):
     """Eq. (35) is a density on [0, 1] (scipy's adaptive quadrature), and eq. (38) is its mean."""
@@ -156,7 +168,7 @@ def _learned_gaussian_without_the_floor_gradient(self, out, x):
 
 def _learned_gaussian_dy_without_the_precision(self, out, x):
     nll, residual, precision, raw = self._nll_parts(out, x)
-    draw = 0.5 * (1.0 - residual * residual * precision) * self.bernoulli.mean(raw - self.min_logvar)
+    draw = 0.5 * (1.0 - residual * residual * precision) * self.special.expit(raw - self.min_logvar)
     return nll, self.xp.concatenate([residual, draw], axis=1)
 
 

@@ -2,6 +2,8 @@
 through the model against finite differences, the bound against scipy.stats densities, the stable
 log-mean-exp, and mutations of the backward caught."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.special
@@ -9,11 +11,11 @@ import scipy.stats
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from kinks import KINK_MARGIN, relu_input_margin
-from minivae import evaluate, gaussian, model as model_module, objectives
+from kinks import KINK_MARGIN
+from minivae import estimators, gaussian, model as model_module, objectives
 from minivae.backend import get_backend
 from minivae.gaussian import reparameterize
-from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, gradient_error
+from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, gradient_error, relu_input_margin
 from minivae.model import VAE
 
 LIKELIHOODS = [("bernoulli", 1.0), ("gaussian", 0.5), ("continuous-bernoulli", 1.0), ("gaussian", "learned")]
@@ -24,9 +26,7 @@ def _model_and_batch(backend, likelihood, variance, n, d, hidden, j, k, objectiv
                 backend=backend)
     x = backend.uniform((n, d))
     eps = model.draw_eps(n)
-    mu, logvar = model.encode(x)
-    z = reparameterize(backend.xp, mu, logvar, eps)
-    return model, x, eps, min(relu_input_margin(model.encoder, x), relu_input_margin(model.decoder, z))
+    return model, x, eps, relu_input_margin(model, x, eps)
 
 
 def _worst_error(model, x, eps, kl_weight=1.0):
@@ -79,10 +79,9 @@ def test_iwae_with_one_sample_is_the_elbo_with_a_sampled_kl(make_backend):
     model, x, eps, _ = _model_and_batch(backend, "bernoulli", 1.0, 4, 5, 4, 2, 1, "iwae")
     mu, logvar = model.encode(x)
     z = reparameterize(backend.xp, mu, logvar, eps)
-    zeros = backend.xp.zeros_like(mu)
-    sampled_kl = gaussian.gaussian_log_density(backend.xp, z, mu, logvar) - gaussian.gaussian_log_density(
-        backend.xp, z, zeros, zeros)
-    nll = model.likelihood.nll(model.decoder.forward(z), x)
+    nll = backend.to_numpy(model.likelihood.nll(model.decoder.forward(z), x))
+    z, mu, logvar = (backend.to_numpy(a) for a in (z, mu, logvar))
+    sampled_kl = (scipy.stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)) - scipy.stats.norm.logpdf(z)).sum(axis=-1)
     assert float(model.objective_terms(x, eps).total) == pytest.approx(float((nll + sampled_kl).sum()), rel=1e-12)
 
 
@@ -97,10 +96,10 @@ def test_iwae_loss_is_below_the_average_of_its_samples_elbos(make_backend):
     assert iwae < np.mean(per_sample) - 1e-6  # strictly, for weights that differ
 
 
-def test_log_mean_exp_is_stable_and_shared_with_evaluate(make_backend):
+def test_log_mean_exp_is_stable_and_shared_with_the_estimators(make_backend):
     backend = make_backend("float64")
     xp = backend.xp
-    assert evaluate.logsumexp is objectives.logsumexp  # one implementation
+    assert estimators.logsumexp is objectives.logsumexp  # one implementation
     a = np.array([[-1e4, 3.0], [-1e4 - 1, 700.0], [-1e4 + 2, 1e3]])
     ours = backend.to_numpy(objectives.log_mean_exp(xp, backend.to_device(a)))
     np.testing.assert_allclose(ours, scipy.special.logsumexp(a, axis=0) - np.log(3), rtol=1e-14)
@@ -131,34 +130,61 @@ def test_an_unknown_objective_is_refused(make_backend):
         VAE(4, (3,), 2, objective="vi", backend=make_backend())
 
 
+def test_the_iwae_takes_no_kl_weight_in_the_library(make_backend):
+    """issue 21: ``loss_and_backward(x, kl_weight=0.5)`` of an IWAE model returned the plain IWAE loss."""
+    model = VAE(4, (3,), 2, objective="iwae", n_samples=5, backend=make_backend())
+    x = model.backend.uniform((2, 4))
+    for call in (lambda: model.loss_and_backward(x, kl_weight=0.5), lambda: model.objective_terms(x, None, 0.0),
+                 lambda: model.forward(x, kl_weight=2.0)):
+        with pytest.raises(ValueError, match=r"^the iwae objective takes no KL weight \(kl_weight=.*eq. \(42\)\)$"):
+            call()
+    assert np.isfinite(float(model.loss_and_backward(x, kl_weight=1.0).total))
+    assert objectives.combination_problem("iwae", 1.0, 2) is not None  # a warm-up of a weight it has not
+    assert objectives.combination_problem("iwae", 1.0) is None
+    assert objectives.combination_problem("elbo", 0.0, 3) is None
+
+
+@pytest.mark.parametrize("kl_weight", [math.nan, math.inf, -math.inf, -1.0, "0.5", None, True])
+def test_a_kl_weight_that_is_not_a_finite_number_at_least_0_is_refused(make_backend, kl_weight):
+    """issue 26: the library took kl_weight=-1, and nan or inf gave NaN gradients without a word."""
+    model = VAE(4, (3,), 2, n_samples=2, backend=make_backend())
+    x = model.backend.uniform((2, 4))
+    with pytest.raises(ValueError, match=r"^kl_weight=.* must be a finite number >= 0$"):
+        model.loss_and_backward(x, kl_weight=kl_weight)
+    assert objectives.combination_problem("elbo", kl_weight) == f"kl_weight={kl_weight!r} must be a finite number >= 0"
+
+
 # ------------------------------------------------------------------------------------------------
 # Mutations
 # ------------------------------------------------------------------------------------------------
 
-_iwae_log_weights = objectives.iwae_log_weights
+_importance_log_weights = objectives.importance_log_weights
 _head_gradient = gaussian.head_gradient
+_iwae_backward = objectives.IWAE.backward
+_elbo_backward = objectives.ELBO.backward
 
 
-def _weights_not_normalised(xp, log_weights, z):
-    weights = xp.exp(log_weights)
-    return weights, weights[:, :, None] * z
+def _weights_not_normalised(xp, log_weights):
+    return xp.exp(log_weights)
 
 
 def _log_q_without_logvar(xp, nll, z, eps, logvar):
-    return _iwae_log_weights(xp, nll, z, eps, logvar * 0)
+    return _importance_log_weights(xp, nll, z, eps, logvar * 0)
 
 
-def _kl_weight_ignored(xp, dz, mu, logvar, eps, kernels=None, kl_weight=1.0):
-    return _head_gradient(xp, dz, mu, logvar, eps, None)
+def _kl_weight_ignored(xp, dz, mu, logvar, eps, kernels=None, kl_weight=1.0, dlogvar_direct=None):
+    return _head_gradient(xp, dz, mu, logvar, eps, None, 1.0, dlogvar_direct)
 
 
 MUTATIONS = {
-    "IWAE weights not normalised": ("iwae", objectives, "iwae_backward", _weights_not_normalised),
-    "IWAE log q without its logvar term": ("iwae", objectives, "iwae_log_weights", _log_q_without_logvar),
+    "IWAE weights not normalised": ("iwae", objectives, "normalized_weights", _weights_not_normalised),
+    "IWAE log q without its logvar term": ("iwae", model_module, "importance_log_weights", _log_q_without_logvar),
     "IWAE backward without log q's -0.5": ("iwae", objectives, "IWAE_DLOGVAR", 0.0),
     "IWAE backward without log p's z": (
-        "iwae", objectives, "iwae_backward", lambda xp, log_w, z: (objectives.normalized_weights(xp, log_w), z * 0)),
+        "iwae", objectives.IWAE, "backward", lambda self, *args: _iwae_backward(self, *args)._replace(z=None)),
     "KL weight ignored by the backward": ("elbo", model_module, "head_gradient", _kl_weight_ignored),
+    "ELBO backward without the 1/L": (
+        "elbo", objectives.ELBO, "backward", lambda self, *args: _elbo_backward(self, *args)._replace(nll=1.0)),
 }
 
 

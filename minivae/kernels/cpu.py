@@ -207,7 +207,7 @@ def _log1p_unit(e, c):
 @numba.njit(inline="always", **_JIT)
 def _softplus(l, c):
     """(softplus(l), e) with e = exp(-|l|) in [0, 1]: ``softplus(l) = max(l, 0) + log1p(e)``, as
-    ``Bernoulli._softplus`` writes it (max keeping a NaN, as NumPy's does)."""
+    ``likelihoods.softplus`` writes it (max keeping a NaN, as NumPy's does)."""
     e = _exp_minus(abs(l), c)
     return (c.zero if l < c.zero else l) + _log1p_unit(e, c), e
 
