@@ -32,7 +32,7 @@ ARCHITECTURES = ("mlp", "conv")
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One setting. ``rule`` (minivae/checks.py) checks a value wherever it comes from (a flag, a file,
-    the library); ``convert`` turns a flag's text into the value the rule checks (None: ``choices``
+    the library); ``convert`` turns a flag's text into the value the rule checks (unless ``choices``
     lists the values); ``many`` is "append" (a repeated flag) or a number of values. A setting whose
     ``help`` is None has no flag (an optimizer hyperparameter, checked in checkpoints)."""
 
@@ -41,7 +41,7 @@ class Setting:
     default: object
     help: str = None
     flag: str = None              # default: "--" + name with "-" for "_"
-    convert: object = None
+    convert: object = str
     choices: object = None        # a tuple, or a function returning it (checks.one_of)
     many: object = None
     metavar: object = None

@@ -20,7 +20,7 @@ from . import __version__, plots
 from . import settings as table
 from .backend import get_backend
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
-from .cli import (Parser, UsageError, add_output_flags, add_setting_flags, dataset_label, given_settings,
+from .cli import (Parser, add_output_flags, add_setting_flags, dataset_label, given_settings,
                   positive_int, refuse_unused, run_command)
 from .conv import check_image_shape
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
@@ -153,7 +153,7 @@ def _build_model(settings, dataset, backend):
         try:
             check_image_shape(dataset.image_shape)
         except ValueError as error:
-            raise UsageError(f"{dataset_label(dataset, settings['dataset'])}: {error}") from None
+            raise MinivaeError(f"{dataset_label(dataset, settings['dataset'])}: {error}") from None
     model_settings = {name: value for name, value in settings.items() if table.SETTINGS[name].model}
     return VAE(input_dim=dataset.train_x.shape[1], image_shape=dataset.image_shape, backend=backend,
                **model_settings)
