@@ -177,7 +177,8 @@ def mean_and_standard_error(values):
 
 SETTINGS = ("batch_size", "dataset", "data_dir", "backend", "dtype", "seed")
 """The settings of minivae/settings.py this command has, with its own defaults and help where they differ."""
-DEFAULTS = {"batch_size": DEFAULT_BATCH_SIZE, "backend": "auto", "dtype": None, "seed": 0}
+DEFAULTS = {"batch_size": DEFAULT_BATCH_SIZE, "dataset": None, "data_dir": None, "backend": "auto", "dtype": None,
+            "seed": 0}  # None: the run's (the help says so)
 HELPS = {"batch_size": "test points per pass", "dataset": "dataset to evaluate on (default: the run's)",
          "data_dir": "folder holding the dataset's files (default: the run's --data-dir, if any)",
          "dtype": "floating-point type of the decoder passes (default: the checkpoint's; logsumexp is float64 anyway)",

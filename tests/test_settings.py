@@ -45,6 +45,9 @@ def test_the_shared_flags_of_the_three_commands_come_from_the_table():
     assert set(train.CHANGEABLE_ON_RESUME) == {"epochs", "backend", "data_dir"}
     evaluate_helps = {action.dest: action.help for action in evaluate.build_parser()._actions}
     assert evaluate_helps["batch_size"].endswith("(default: 100)")
+    assert evaluate_helps["dataset"] == "dataset to evaluate on (default: the run's)"
+    for parser in (train.build_parser(), evaluate.build_parser(), gradcheck.build_parser()):
+        assert all((action.help or "").count("(default") <= 1 for action in parser._actions)
 
 
 @pytest.mark.parametrize("parser, argv", [(train.build_parser, ["--samples", "0"]),
