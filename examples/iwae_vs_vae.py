@@ -37,7 +37,7 @@ from example_data import write_blobs, write_subset
 
 from minivae import train
 from minivae.backend import get_backend
-from minivae.checkpoint import load_checkpoint, model_from_checkpoint
+from minivae.checkpoint import model_from_checkpoint, read_run
 from minivae.data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from minivae.errors import MinivaeError
 from minivae.estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
@@ -96,10 +96,10 @@ def train_run(args, data_dir, objective):
 def evaluate_run(run, data_dir, args):
     """Test ELBO, importance-weighted log p(x) and active units of the run's final model, on the test
     images binarised exactly as training binarised them (one fixed draw)."""
-    checkpoint = load_checkpoint(os.path.join(run, "checkpoint.npz"))
-    model = model_from_checkpoint(checkpoint, get_backend(args.backend, dtype="float32", seed=0))
+    saved = read_run(run)  # minivae.load_model, with the run's settings (its seed) beside the model
+    model = model_from_checkpoint(saved.checkpoint, get_backend(args.backend, dtype="float32", seed=0))
     dataset = load_dataset("mnist", data_dir=data_dir, download=False, log=lambda message: None)  # as training
-    binarize_dataset(dataset, "dynamic", checkpoint.extra["settings"]["seed"])
+    binarize_dataset(dataset, "dynamic", saved.settings["seed"])
     iw_samples = 50 if args.quick else args.iw_samples
     chunk = samples_per_chunk(model, 100, 32 * 2 ** 20)
     elbos, log_likelihoods = evaluate_test_set(model, dataset.test_x, iw_samples, 100, chunk, seed=0)

@@ -34,9 +34,8 @@ from example_data import network_flags, write_blobs, write_subset
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from minivae import train
+from minivae import load_model, train
 from minivae.backend import get_backend
-from minivae.checkpoint import load_checkpoint, model_from_checkpoint
 from minivae.data import DATASETS, IDX_FILES, load_dataset, read_idx, resolve_default_dataset
 from minivae.estimators import elbo
 from minivae.errors import MinivaeError
@@ -130,8 +129,7 @@ def main(argv=None):
         data_dir = write_data(args)
         runs = [train_run(args, data_dir, j) for j in latent_dims]
         backend = get_backend(args.backend, dtype="float32", seed=0)
-        models = [model_from_checkpoint(load_checkpoint(os.path.join(run, "checkpoint.npz")), backend)
-                  for run in runs]
+        models = [load_model(run, backend) for run in runs]
     except MinivaeError as error:
         print(f"latent_size: error: {error}", file=sys.stderr)
         return 1

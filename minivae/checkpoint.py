@@ -21,75 +21,28 @@ corrupted file is refused with a ``CheckpointError`` rather than half-loaded.
 import dataclasses
 import json
 import os
+from collections import namedtuple
 
 import numpy as np
 
-from . import __version__, checks
-from .backend import BACKEND_NAMES, DTYPES, get_backend
+from . import __version__
+from .backend import get_backend
+from .checkpoint_checks import (ARCHITECTURE_FIELDS, META_KEY, OPTIM_PREFIX, check_array, check_meta,
+                                check_run_settings, corrupt, migrate, parse_meta, read_members, read_run_settings)
 from .errors import BackendUnavailable, CheckpointError
 from .fileio import atomic_write
-from .layers import ACTIVATIONS
-from .likelihoods import LEARNED, LIKELIHOODS
-from .model import ARCHITECTURES, CONFIG_RULES, VAE
-from .objectives import OBJECTIVES
+from .model import VAE
+from .settings import SETTINGS
 
 FORMAT_VERSION = 1
 """Bump when the layout changes in a way an older reader cannot follow."""
 
-META_KEY = "meta"
 PARAM_PREFIX = "param/"
-OPTIM_PREFIX = "optim/"
 RNG_PREFIX = "rng/"
-
-ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "activation", "likelihood",
-                       "variance", "n_samples")
-"""The model config fields a checkpoint must agree on before it is restored into a model."""
 
 # The names minivae.train gives a run's files in its --out folder (minivae.evaluate reads them).
 CHECKPOINT_NAME = "checkpoint.npz"
 CONFIG_NAME = "config.json"
-
-BINARIZE_MODES = ("none", "static", "dynamic")
-
-SETTINGS_RULES = {
-    "dataset": checks.optional(checks.text), "data_dir": checks.optional(checks.text),
-    "binarize": checks.one_of(BINARIZE_MODES), "backend": checks.one_of(BACKEND_NAMES),
-    "dtype": checks.one_of(DTYPES), "epochs": checks.positive_int, "batch_size": checks.positive_int,
-    "lr": checks.positive_number, "latent_dim": checks.positive_int, "samples": checks.positive_int,
-    "hidden": checks.list_of(checks.positive_int), "decoder_hidden": checks.optional(checks.list_of(checks.positive_int)),
-    "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.optional(checks.one_of(LIKELIHOODS)),
-    "variance": checks.or_literal(LEARNED, checks.positive_number), "seed": checks.nonnegative_int,
-    "version": checks.text, "architecture": checks.one_of(ARCHITECTURES), "objective": checks.one_of(OBJECTIVES),
-    "beta": checks.nonnegative_number, "kl_warmup": checks.nonnegative_int,
-}
-"""What each setting of a run (``config.json``, ``extra["settings"]`` of its checkpoint) must be."""
-
-HYPERPARAMETER_RULES = {"lr": checks.positive_number, "beta1": checks.below_one, "beta2": checks.below_one,
-                        "eps": checks.positive_number, "weight_decay": checks.nonnegative_number,
-                        "momentum": checks.nonnegative_number}
-"""What each optimizer hyperparameter a checkpoint holds must be (others: finite numbers)."""
-
-
-def read_run_settings(path, fix):
-    """The settings a run saved in its ``config.json`` at ``path``, checked (``check_run_settings``);
-    CheckpointError naming the file, the field and ``fix`` when it cannot be read or a value is wrong."""
-    try:
-        with open(path) as handle:
-            settings = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot read the saved settings ({error}); {fix}") from error
-    return check_run_settings(settings, path, fix)
-
-
-def check_run_settings(settings, where, fix):
-    """``settings`` when it is a JSON object whose every known field keeps ``SETTINGS_RULES``
-    (fields left out take their defaults; unknown fields are left to their readers)."""
-    if not isinstance(settings, dict):
-        raise CheckpointError(f"{where}: the run's settings are a JSON {type(settings).__name__}, not an object; {fix}")
-    problem = checks.first_problem(settings, SETTINGS_RULES)
-    if problem is not None:
-        raise CheckpointError(f"{where}: {problem[1]}; {fix}")
-    return settings
 
 
 @dataclasses.dataclass
@@ -218,21 +171,21 @@ def load_checkpoint(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path, or train first to write one")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the .npz file inside it")
-    members = _read_members(path)
+    members = read_members(path)
 
     if META_KEY not in members:
         raise CheckpointError(f"checkpoint {path} holds no minivae metadata (no {META_KEY!r} member): it was not "
                               f"written by minivae's save_checkpoint; pass a checkpoint.npz written by "
                               f"minivae.train")
-    meta = _parse_meta(path, members.pop(META_KEY))
+    meta = parse_meta(path, members.pop(META_KEY))
     fmt = meta.get("format_version")
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
-        raise _corrupt(path, f"its metadata has format_version={fmt!r}")
+        raise corrupt(path, f"its metadata has format_version={fmt!r}")
     if fmt > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} was written by a newer minivae (format {fmt}, this one reads "
                               f"up to {FORMAT_VERSION}); upgrade minivae")
 
-    _check_meta(path, meta)
+    check_meta(path, meta)
     try:
         names = list(meta["parameter_names"])
         optim_meta = meta["optimizer"]
@@ -245,143 +198,23 @@ def load_checkpoint(path):
             dtype=str(meta["dtype"]), version=str(meta["minivae_version"]), format_version=fmt,
             extra=dict(meta["extra"]), path=path)
     except (KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, f"its metadata lacks or mangles a field ({type(exc).__name__}: {exc})") from exc
+        raise corrupt(path, f"its metadata lacks or mangles a field ({type(exc).__name__}: {exc})") from exc
 
     rng_arrays = [RNG_PREFIX + key for key in meta.get("rng_arrays", [])]
     expected = {PARAM_PREFIX + name for name in names} | set(rng_arrays)
     expected |= {f"{OPTIM_PREFIX}{kind}/{name}" for kind in kinds for name in names}
     if set(members) != expected:
         missing, unexpected = sorted(expected - set(members)), sorted(set(members) - expected)
-        raise _corrupt(path, f"its arrays do not match its metadata (missing {missing}, unexpected {unexpected})")
+        raise corrupt(path, f"its arrays do not match its metadata (missing {missing}, unexpected {unexpected})")
     checkpoint.params = {name: members[PARAM_PREFIX + name] for name in names}
     for kind in kinds:
         optimizer_state[kind] = {name: members[f"{OPTIM_PREFIX}{kind}/{name}"] for name in names}
     for key in rng_arrays:
         checkpoint.rng_state[key[len(RNG_PREFIX):]] = members.pop(key)
     for key, array in members.items():
-        _check_array(path, key, array, checkpoint.dtype)
-    if checkpoint.optimizer_name == "Adam" and set(kinds) == set(ADAM_SUMS):
-        _adam_moments_from_sums(path, optimizer_state)
+        check_array(path, key, array, checkpoint.dtype)
+    migrate(path, optimizer_state=optimizer_state)
     return checkpoint
-
-
-def _check_meta(path, meta):
-    """Refuse metadata whose values no model or optimizer can take, before anything is built:
-    the epoch and step (integers >= 0), the dtype, the model config (``model.CONFIG_RULES``), the
-    optimizer's hyperparameters (finite numbers in their ranges), the random state (an object)."""
-    optimizer = meta.get("optimizer")
-    hyperparameters = optimizer.get("hyperparameters") if isinstance(optimizer, dict) else None
-    parts = [("", meta, {"epoch": checks.nonnegative_int, "dtype": checks.one_of(DTYPES)}, ("epoch", "dtype")),
-             ("config: ", meta.get("config"), CONFIG_RULES, ARCHITECTURE_FIELDS),
-             ("optimizer: ", optimizer, {"step": checks.nonnegative_int, "name": checks.text}, ("step", "name"))]
-    if isinstance(hyperparameters, dict):
-        rules = {name: HYPERPARAMETER_RULES.get(name, checks.finite_number) for name in hyperparameters}
-        parts.append(("optimizer hyperparameter ", hyperparameters, rules, ()))
-    for where, values, rules, required in parts:
-        if not isinstance(values, dict):
-            raise _corrupt(path, f"its metadata lacks or mangles {where.rstrip(': ') or 'its top level'} (not an object)")
-        problem = checks.first_problem(values, rules, required)
-        if problem is not None:
-            raise _unusable(path, where + problem[1])
-    if meta.get("rng_state") is not None and not isinstance(meta["rng_state"], dict):
-        raise _unusable(path, f"rng_state={meta['rng_state']!r} must be an object (or null)")
-    rng_arrays = meta.get("rng_arrays", [])
-    if not (isinstance(rng_arrays, list) and all(isinstance(key, str) for key in rng_arrays)) or (
-            rng_arrays and not isinstance(meta.get("rng_state"), dict)):
-        raise _unusable(path, f"rng_arrays={rng_arrays!r} must be a list of names, beside an rng_state object")
-
-
-def _check_array(path, key, array, dtype):
-    """Every stored array is real floating point of the checkpoint's dtype and finite (Adam's second
-    moment v, or v_sum in older checkpoints, also >= 0): a complex, string or NaN array is refused, naming it."""
-    if array.dtype != np.dtype(dtype):
-        raise _unusable(path, f"array {key!r} has dtype {array.dtype}, not the checkpoint's {dtype}")
-    if not np.isfinite(array).all():
-        raise _unusable(path, f"array {key!r} holds {'NaN' if np.isnan(array).any() else 'inf'}")
-    if key.startswith((f"{OPTIM_PREFIX}v/", f"{OPTIM_PREFIX}v_sum/")) and (array < 0).any():
-        raise _unusable(path, f"array {key!r} holds negative values (a sum of squares is >= 0)")
-
-
-ADAM_SUMS = {"m_sum": ("m", "beta1"), "v_sum": ("v", "beta2")}
-"""How minivae's Adam kept its moments before it kept m and v themselves: m_sum = m / (1-b1),
-v_sum = v / (1-b2)."""
-
-
-def _adam_moments_from_sums(path, optimizer_state):
-    """Turn an older checkpoint's Adam state (``ADAM_SUMS``) into today's, in place: m = (1-b1) m_sum,
-    v = (1-b2) v_sum (docs/derivation.md, section 14.1), computed in float64 and rounded once to the
-    stored dtype. Resuming then continues the same run, to that rounding."""
-    hyper = optimizer_state["hyperparameters"]
-    for old, (new, beta) in ADAM_SUMS.items():
-        try:
-            scale = 1.0 - float(hyper[beta])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _corrupt(path, f"its Adam state {old!r} needs the hyperparameter {beta!r} ({exc!r})") from exc
-        optimizer_state[new] = {name: (array.astype(np.float64) * scale).astype(array.dtype)
-                                for name, array in optimizer_state.pop(old).items()}
-
-
-def _read_members(path):
-    """Every member of the archive as a NumPy array, read now with ``allow_pickle=False``."""
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        # NumPy takes any file that is neither a zip nor a .npy for a pickle, and refuses it.
-        raise _corrupt(path, "it is not a .npz archive (NumPy would read it as a pickle, refused for safety)") from exc
-    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError, ... : anything is a broken file
-        raise _corrupt(path, f"it is not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise _corrupt(path, "it is a single .npy array, not a .npz archive")
-    members = {}
-    with npz:
-        for key in npz.files:
-            try:
-                value = npz[key]  # reads the whole member: zipfile checks its CRC at the end
-            except ValueError as exc:
-                if "allow_pickle" in str(exc):
-                    raise _pickled(path, f"member {key!r}") from exc
-                raise _corrupt(path, f"member {key!r} cannot be read ({exc})") from exc
-            except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, NotImplementedError, ...
-                raise _corrupt(path, f"member {key!r} cannot be read ({type(exc).__name__}: {exc})") from exc
-            if not isinstance(value, np.ndarray):  # NpzFile hands back raw bytes for a non-.npy member
-                raise _corrupt(path, f"member {key!r} is not a NumPy array")
-            members[key] = value
-        try:
-            bad = npz.zip.testzip()  # belt and braces: every member's CRC, independent of numpy's reader
-        except Exception as exc:
-            raise _corrupt(path, f"its zip structure is damaged ({type(exc).__name__}: {exc})") from exc
-    if bad is not None:
-        raise _corrupt(path, f"member {bad!r} fails its CRC check")
-    return members
-
-
-def _parse_meta(path, array):
-    if array.ndim != 0 or array.dtype.kind != "U":
-        raise _corrupt(path, f"its {META_KEY!r} member is a {array.dtype} array of shape {array.shape}, "
-                             f"not a JSON string")
-    try:
-        meta = json.loads(str(array[()]))
-    except ValueError as exc:
-        raise _corrupt(path, f"its metadata is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise _corrupt(path, f"its metadata is a JSON {type(meta).__name__}, not an object")
-    return meta
-
-
-def _corrupt(path, what):
-    return CheckpointError(f"checkpoint {path} is truncated or corrupted: {what}; restore it from a backup or "
-                           f"retrain (start a new --out folder)")
-
-
-def _unusable(path, what):
-    return CheckpointError(f"checkpoint {path} holds values no model can take: {what}; restore it from a backup or "
-                           f"retrain (start a new --out folder)")
-
-
-def _pickled(path, where):
-    return CheckpointError(f"checkpoint {path}: {where} holds a pickled object, refused for safety (a pickle can "
-                           f"run arbitrary code); minivae checkpoints hold only plain arrays, so use one written "
-                           f"by minivae's save_checkpoint")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,7 +289,8 @@ def _check_config(checkpoint, config):
     difference (a resumed run takes its settings from its config.json), so the advice is the file's."""
     fields = list(ARCHITECTURE_FIELDS) + sorted((set(checkpoint.config) | set(config)) - set(ARCHITECTURE_FIELDS))
     for field in fields:
-        saved, ours = checkpoint.config.get(field), config.get(field)
+        default = SETTINGS[field].default if field in SETTINGS else None  # a field older configs left out
+        saved, ours = checkpoint.config.get(field, default), config.get(field, default)
         if saved == ours:
             continue
         fix = (f"use the dataset it was trained on ({saved} values per example), or start a new --out folder"
@@ -517,22 +351,46 @@ def checkpoint_path(run):
     return run
 
 
-def load_model(path, backend=None):
-    """The trained VAE of a run: ``path`` is a run folder (the ``--out`` of ``minivae.train``) or a
-    checkpoint file. The model is built from the checkpoint's config, checked against the folder's
-    ``config.json`` when there is one, and holds the checkpoint's parameters. ``backend`` defaults to
-    NumPy in the checkpoint's dtype (seed 0; the seed only matters for sampling).
+SavedRun = namedtuple("SavedRun", ["checkpoint", "settings"])
+SavedRun.__doc__ = """A run as ``read_run`` finds it: its Checkpoint, and its settings (a dict, migrated and
+checked: minivae/checkpoint_checks.py)."""
 
-    Raises CheckpointError naming the file and the field when anything does not fit.
-    """
+SAME_RUN = "the folder's config.json and checkpoint.npz must come from the same run; pass the checkpoint file alone"
+
+
+def read_run(path, fix=SAME_RUN):
+    """The checkpoint and the settings of a run: ``path`` is a run folder (the ``--out`` of
+    ``minivae.train``) or a checkpoint file. The settings are the folder's ``config.json``, whose every
+    model setting must equal the checkpoint's model config field of the same name, or else the settings
+    saved inside the checkpoint ({} when it holds none). CheckpointError naming the file, the field and
+    ``fix`` (for config.json) when anything does not fit."""
     file = checkpoint_path(path)
     checkpoint = load_checkpoint(file)
     config_file = os.path.join(os.path.dirname(os.path.abspath(file)), CONFIG_NAME)
     if os.path.isfile(config_file):
-        fix = "the folder's config.json and checkpoint.npz must come from the same run; pass the checkpoint file alone"
         settings = read_run_settings(config_file, fix)
-        shared = ("latent_dim", "activation", "likelihood")  # named alike in both files
-        _check_config(checkpoint, dict(checkpoint.config, **{f: settings[f] for f in shared if f in settings}))
+        config = dict(checkpoint.config)
+        for name, value in settings.items():
+            if name in SETTINGS and SETTINGS[name].model:
+                # decoder_hidden null: the mirror of hidden, as VAE builds it
+                config[name] = list(reversed(settings["hidden"])) if name == "decoder_hidden" and value is None \
+                    else value
+        _check_config(checkpoint, config)
+        return SavedRun(checkpoint, settings)
+    saved = checkpoint.extra.get("settings")
+    return SavedRun(checkpoint, check_run_settings(saved, f"{file} (its saved settings)", fix) if saved else {})
+
+
+def load_model(path, backend=None):
+    """The trained VAE of a run: ``path`` is a run folder (the ``--out`` of ``minivae.train``) or a
+    checkpoint file. The model is built from the checkpoint's config, checked field by field against
+    the folder's ``config.json`` when there is one (``read_run``), and holds the checkpoint's
+    parameters. ``backend`` defaults to NumPy in the checkpoint's dtype (seed 0; the seed only matters
+    for sampling).
+
+    Raises CheckpointError naming the file and the field when anything does not fit.
+    """
+    checkpoint = read_run(path).checkpoint
     if backend is None:
         backend = get_backend("numpy", dtype=checkpoint.dtype, seed=0)
     return model_from_checkpoint(checkpoint, backend)

@@ -47,8 +47,11 @@ def text(value):
 
 
 def one_of(choices):
+    """One of the names ``choices``: a tuple, or a function returning it (for names whose module only the
+    commands import, looked up when a value is checked)."""
     def rule(value):
-        return None if isinstance(value, str) and value in choices else f"must be one of {', '.join(choices)}"
+        names = choices() if callable(choices) else choices
+        return None if isinstance(value, str) and value in names else f"must be one of {', '.join(names)}"
     return rule
 
 
@@ -59,14 +62,17 @@ def optional(rule):
     return check
 
 
-def list_of(rule, allow_empty=False):
-    """A list (or tuple) whose every item passes ``rule``."""
+def list_of(rule, allow_empty=False, length=None):
+    """A list (or tuple) whose every item passes ``rule``; of exactly ``length`` items when given."""
     def check(value):
+        if length is not None and not (isinstance(value, (list, tuple)) and len(value) == length):
+            return f"must be a list of {length} items; each item {rule(None)}"
         if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
             return f"must be a {'' if allow_empty else 'non-empty '}list; each item {rule(None)}"
         problems = [rule(item) for item in value]
         return next((f"holds {item!r}: each item {problem}" for item, problem in zip(value, problems) if problem),
                     None)
+    check.item_rule = rule  # what a command-line flag giving one item checks
     return check
 
 

@@ -1,60 +1,119 @@
-"""Argument types and the parser shared by the command-line tools (train, evaluate, gradcheck):
-a refused flag is reported on one line, with exit status 2."""
+"""What the command-line tools (train, evaluate, gradcheck) share: their flags built from the settings
+table (minivae/settings.py), argument types that check a value by the same rule as a file or the
+library does, a parser that reports a refused flag on one line with exit status 2, and ``run_command``,
+which turns every failure into one line."""
 
 import argparse
-import math
+import os
 import sys
 
+from . import checks, settings
 from .errors import MinivaeError
 from .interrupts import check_interrupt, interrupt_guard
 
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+BROKEN_PIPE_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
 
 
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+class UsageError(MinivaeError):
+    """A flag the command cannot use with the others (a setting the chosen model does not use): reported
+    like a refused flag, with exit status 2."""
 
 
-def positive_float(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def argument_type(convert, rule):
+    """An argparse type: ``convert`` the text (int, float, ...), then check it by ``rule``
+    (minivae/checks.py); a refusal reads "must be an integer >= 1, got 0"."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except (TypeError, ValueError):
+            value = None
+        problem = rule(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+    return parse
 
 
-def nonnegative_float(text):
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+positive_int = argument_type(int, checks.positive_int)
+nonnegative_int = argument_type(int, checks.nonnegative_int)
+positive_float = argument_type(float, checks.positive_number)
+nonnegative_float = argument_type(float, checks.nonnegative_number)
 
 
-def variance_setting(text):
-    """The Gaussian likelihood's variance: a positive number (fixed), or "learned" (eq. (39)-(41))."""
-    return text if text == "learned" else positive_float(text)
+def setting_type(name):
+    """The argparse type of one value of the setting ``name`` (one item of a list setting)."""
+    setting = settings.SETTINGS[name]
+    return argument_type(setting.convert, getattr(setting.rule, "item_rule", setting.rule))
 
 
-# argparse reports a type's ValueError as "invalid <name> value": give the names a reader expects
-positive_int.__name__ = "positive integer"
-nonnegative_int.__name__ = "non-negative integer"
-positive_float.__name__ = "positive number"
-nonnegative_float.__name__ = "non-negative number"
-variance_setting.__name__ = "variance (a positive number or 'learned')"
+variance_setting = setting_type("variance")
+
+
+def _shown(value):
+    return " ".join(str(item) for item in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def add_setting_flags(container, names, defaults=None, helps=None, types=None):
+    """Add the flags of the settings ``names`` to ``container`` (a parser or an argument group), each
+    from the table: its flag, type or choices, and help ending in "(default: ...)", where ``defaults``
+    and ``helps`` (dicts by name) give a command's own; ``types`` a command's own argparse type.
+
+    Every flag defaults to None, so that ``given_settings`` can tell what was given from what was not
+    (a setting the model does not use is refused only when given); ``setting_values`` fills in the rest.
+    """
+    defaults, helps, types = defaults or {}, helps or {}, types or {}
+    for name in names:
+        setting = settings.SETTINGS[name]
+        text = helps.get(name, setting.help)
+        if name in defaults:  # a command's own default (None: its help says what it is)
+            text += "" if defaults[name] is None else f" (default: {_shown(defaults[name])})"
+        elif setting.default_text or setting.default is not None:
+            text += f" (default: {setting.default_text or _shown(setting.default)})"
+        kwargs = {"dest": name, "default": None, "help": text}
+        if setting.choices is not None:
+            kwargs["choices"] = setting.choices() if callable(setting.choices) else setting.choices
+        else:
+            kwargs["type"] = types.get(name) or setting_type(name)
+        if setting.many == "append":
+            kwargs["action"] = "append"
+        elif setting.many is not None:
+            kwargs["nargs"] = setting.many
+        if setting.metavar is not None:
+            kwargs["metavar"] = setting.metavar
+        container.add_argument(setting.option, **kwargs)
+
+
+def given_settings(args, names):
+    """{name: value} of the settings among ``names`` given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def setting_values(args, names, defaults=None):
+    """The settings ``names``: the command line's values over ``defaults`` (a command's own) over the table's."""
+    return {**settings.defaults(names, **(defaults or {})), **given_settings(args, names)}
+
+
+def refuse_unused(values, given):
+    """Raise UsageError (exit status 2) when ``given`` names a setting the model of ``values`` does not use."""
+    problem = settings.unused(values, given)
+    if problem is not None:
+        raise UsageError(problem)
+
+
+def dataset_label(dataset, name):
+    """How a message names a loaded dataset: by its name and folder when the run named one (``name``,
+    its dataset setting), else (``--data-dir`` alone, files read with MNIST's names) by the folder."""
+    return f"{dataset.name} ({dataset.source})" if name else f"the IDX files in {dataset.source}"
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, with each refused flag reported on ONE line (no usage block) and exit status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        self.exit(2, f"{self.usage_line(message)}\n")
+
+    def usage_line(self, message):
+        return f"{self.prog}: error: {message}; see {self.prog} --help"
 
 
 def add_output_flags(parser):
@@ -79,10 +138,13 @@ def failure_line(error, folder, memory_hint):
 def run_command(program, parser, body, after_interrupt, folder, memory_hint, argv=None):
     """Run a command: ``body(parser.parse_args(argv))`` under the interrupt guard (minivae/interrupts.py).
 
-    Returns 0 when done; 1 after printing ``failure_line`` (a MinivaeError, an OSError, running out of
-    memory; ``--debug`` raises it instead); 130 after printing "interrupted; " and
-    ``after_interrupt(args)`` (``args`` None when parsing had not finished) for Ctrl-C, wherever it
-    came, also during the start-up imports. Each message is one line on stderr.
+    Returns what ``body`` returns when it is an exit status (an int), else 0; 2 after a UsageError,
+    printed as a refused flag is; 1 after printing ``failure_line`` (a MinivaeError, an OSError, running
+    out of memory, with ``memory_hint``: a string, or a function of ``args``; ``--debug`` raises it
+    instead); 130 after printing
+    "interrupted; " and ``after_interrupt(args)`` (``args`` None when parsing had not finished) for
+    Ctrl-C, wherever it came, also during the start-up imports; 141, quietly, when whoever reads the
+    output has closed it (``| head -1``). Each message is one line on stderr.
     """
     args = None
     with interrupt_guard():
@@ -90,14 +152,34 @@ def run_command(program, parser, body, after_interrupt, folder, memory_hint, arg
             try:
                 check_interrupt()  # one that came during the start-up imports
                 args = parser.parse_args(argv)
-                body(args)
+                status = body(args)
+                sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
                 check_interrupt()
+            except BrokenPipeError:
+                _silence_stdout()
+                return BROKEN_PIPE_STATUS
+            except UsageError as error:
+                if args.debug:
+                    raise
+                print(parser.usage_line(error), file=sys.stderr)
+                return 2
             except (MinivaeError, OSError, MemoryError) as error:
                 if args.debug:
                     raise
-                print(f"{program}: error: {failure_line(error, folder, memory_hint)}", file=sys.stderr)
+                hint = memory_hint(args) if callable(memory_hint) else memory_hint
+                print(f"{program}: error: {failure_line(error, folder, hint)}", file=sys.stderr)
                 return 1
         except KeyboardInterrupt:
             print(f"{program}: interrupted; {after_interrupt(args)}", file=sys.stderr)
             return 130
-    return 0
+    return status if isinstance(status, int) else 0
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so that nothing more (the interpreter's flush at exit) writes to the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (captured in tests)
+        pass

@@ -720,6 +720,10 @@ def binarize_static(x, seed):
     return (draws < x).astype(x.dtype)
 
 
+BINARIZE_MODES = ("none", "static", "dynamic")
+"""The values of ``--binarize`` (``binarize_dataset``)."""
+
+
 def binarize_dataset(dataset, mode, seed):
     """Apply ``--binarize`` in place: "static" draws the training set once (seed ``2*seed``);
     "static" and "dynamic" both fix the test set with one draw (seed ``2*seed + 1``), so test losses

@@ -24,11 +24,10 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .checkpoint import (CONFIG_NAME, check_run_settings, checkpoint_path, load_checkpoint,
-                         model_from_checkpoint, read_run_settings)
-from .cli import Parser, add_output_flags, nonnegative_int, positive_int, run_command
-from .data import DATASETS, binarize_dataset, load_dataset
+from .backend import get_backend
+from .checkpoint import model_from_checkpoint, read_run
+from .cli import Parser, add_output_flags, add_setting_flags, dataset_label, positive_int, run_command, setting_values
+from .data import binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import DataError, NumericalError
 from .fileio import atomic_write
 from .estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
@@ -48,6 +47,16 @@ GPU_MEMORY_MB = 1024
 # The command line
 
 
+SETTINGS = ("batch_size", "dataset", "data_dir", "backend", "dtype", "seed")
+"""The settings of minivae/settings.py this command has, with its own defaults and help where they differ."""
+DEFAULTS = {"batch_size": DEFAULT_BATCH_SIZE, "dataset": None, "data_dir": None, "backend": "auto", "dtype": None,
+            "seed": 0}  # None: the run's (the help says so)
+HELPS = {"batch_size": "test points per pass", "dataset": "dataset to evaluate on (default: the run's)",
+         "data_dir": "folder holding the dataset's files (default: the run's --data-dir, if any)",
+         "dtype": "floating-point type of the decoder passes (default: the checkpoint's; logsumexp is float64 anyway)",
+         "seed": "seed of the noise eps"}
+
+
 def build_parser():
     parser = Parser(prog="python -m minivae.evaluate", description=(
         "The test-set ELBO and the importance-weighted estimate of log p(x) (eq. (22) of docs/derivation.md) "
@@ -61,17 +70,9 @@ def build_parser():
     add("--memory-mb", type=positive_int, metavar="MB",
         help=f"memory for one pass when --chunk is not given (default: {CPU_MEMORY_MB} on the CPU, "
              f"{GPU_MEMORY_MB} on a GPU)")
-    add("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
-        help=f"test points per pass (default: {DEFAULT_BATCH_SIZE})")
     add("--limit", type=positive_int, metavar="N", help="evaluate only the first N test points")
-    add("--dataset", choices=sorted(DATASETS), help="dataset to evaluate on (default: the run's)")
-    add("--data-dir", help="folder holding the dataset's files (default: the run's --data-dir, if any)")
+    add_setting_flags(parser, SETTINGS, DEFAULTS, HELPS)
     add("--no-download", action="store_true", help="never download a dataset")
-    add("--backend", choices=BACKEND_NAMES, default="auto",
-        help="array backend (default: auto, CuPy when a GPU is usable, else NumPy)")
-    add("--dtype", choices=DTYPES,
-        help="floating-point type of the decoder passes (default: the checkpoint's; logsumexp is float64 anyway)")
-    add("--seed", type=nonnegative_int, default=0, help="seed of the noise eps (default: 0)")
     add("--output", metavar="FILE", help=f"where to write the JSON (default: {RESULTS_NAME} beside the checkpoint)")
     add_output_flags(parser)
     return parser
@@ -97,15 +98,18 @@ def main(argv=None):
         return f"{written[0]} is written" if written else "nothing was written"
 
     return run_command(PROGRAM, build_parser(), evaluate_and_write, after_interrupt, "the folder", MEMORY_HINT,
-                           argv)
+                       argv)
 
 
 def run(args):
     """Evaluate as the parsed command line says; returns the results (a dict), writing nothing."""
     log = (lambda message: None) if args.quiet else print
-    path = checkpoint_path(args.run)
-    checkpoint = load_checkpoint(path)
-    dataset = _load_test_set(args, path, checkpoint, log)
+    for name, value in setting_values(args, SETTINGS, DEFAULTS).items():  # the defaults of flags not given
+        setattr(args, name, value)
+    saved = read_run(args.run, fix="pass --dataset (and --data-dir) yourself, or pass a copy of the checkpoint "
+                                   "without it")
+    checkpoint, path = saved.checkpoint, saved.checkpoint.path
+    dataset, name = _load_test_set(args, path, saved, log)
     test_x = dataset.test_x[:args.limit]
     backend = get_backend(args.backend, dtype=args.dtype or checkpoint.dtype, seed=args.seed)
     model = model_from_checkpoint(checkpoint, backend)
@@ -115,7 +119,7 @@ def run(args):
     if not (np.isfinite(elbos).all() and np.isfinite(log_likelihoods).all()):
         raise NumericalError(f"{path}: the ELBO or the log-likelihood of some test point is not finite "
                              f"(in {backend.dtype.name}); try --dtype float64")
-    results = _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds)
+    results = _results(path, checkpoint, dataset, name, args, backend, chunk, elbos, log_likelihoods, seconds)
     results.update(_latent_results(model, test_x, args.batch_size))
     return results
 
@@ -145,33 +149,26 @@ def _timed_evaluation(model, test_x, args, chunk):
     return elbos, log_likelihoods, time.perf_counter() - start
 
 
-def run_settings(path, checkpoint):
-    """The settings of the run that wrote the checkpoint at ``path``: its folder's config.json, or
-    else the settings saved inside the checkpoint ({} when there are none)."""
-    config = os.path.join(os.path.dirname(os.path.abspath(path)), CONFIG_NAME)
-    fix = "pass --dataset (and --data-dir) yourself, or pass a copy of the checkpoint without it"
-    if os.path.isfile(config):
-        return read_run_settings(config, fix)
-    return check_run_settings(checkpoint.extra.get("settings") or {}, f"{path} (its saved settings)", fix)
-
-
-def _load_test_set(args, path, checkpoint, log):
-    """The dataset whose test set is evaluated: --dataset / --data-dir, or else the run's, with the test
-    set binarized exactly as training binarized it (one fixed draw, seeded by the run's seed)."""
-    settings = run_settings(path, checkpoint)
+def _load_test_set(args, path, saved, log):
+    """The dataset whose test set is evaluated, and its name (None: the IDX files of a --data-dir):
+    --dataset / --data-dir, or else the run's (``saved.settings``), with the test set binarized exactly as
+    training binarized it (one fixed draw, seeded by the run's seed)."""
+    settings = saved.settings
     name = args.dataset or settings.get("dataset")
-    if name is None:
-        raise DataError(f"{path}: the run's settings do not name its dataset; pass --dataset (and --data-dir)")
     data_dir = args.data_dir or (settings.get("data_dir") if args.dataset is None else None)
-    dataset = load_dataset(name, data_dir=data_dir, download=not args.no_download, log=log)
-    trained_on, here = checkpoint.config.get("input_dim"), dataset.test_x.shape[1]
+    if name is None and data_dir is None:
+        raise DataError(f"{path}: the run's settings do not name its dataset; pass --dataset (and --data-dir)")
+    download = not args.no_download
+    dataset = (load_dataset(name, data_dir=data_dir, download=download, log=log) if name is not None else
+               resolve_default_dataset(data_dir=data_dir, download=download, log=log))
+    trained_on, here = saved.checkpoint.config.get("input_dim"), dataset.test_x.shape[1]
     if trained_on != here:
         height, width = dataset.image_shape
-        raise DataError(f"{path} was trained on data of {trained_on} values per point, but {dataset.source} "
-                        f"holds {height}x{width} = {here} pixels per image; pass the --dataset or --data-dir "
-                        f"the run was trained on")
-    binarize_dataset(dataset, settings.get("binarize", "none"), settings.get("seed", 1))
-    return dataset
+        raise DataError(f"{path} was trained on data of {trained_on} values per point, but "
+                        f"{dataset_label(dataset, name)} holds {height}x{width} = {here} pixels per image; pass "
+                        f"the --dataset or --data-dir the run was trained on")
+    binarize_dataset(dataset, settings.get("binarize", "none"), settings.get("seed", 1))  # none saved: the defaults
+    return dataset, name
 
 
 def _progress_bar(total, show):
@@ -182,13 +179,14 @@ def _progress_bar(total, show):
     return tqdm(total=total, desc="evaluating", unit="pt", leave=False, file=sys.stdout)
 
 
-def _results(path, checkpoint, dataset, args, backend, chunk, elbos, log_likelihoods, seconds):
-    """The JSON document: what was evaluated, how, and the means (nats per test point)."""
+def _results(path, checkpoint, dataset, name, args, backend, chunk, elbos, log_likelihoods, seconds):
+    """The JSON document: what was evaluated (``dataset`` null: the IDX files of ``data_source``), how,
+    and the means (nats per test point)."""
     elbo_mean, elbo_se = mean_and_standard_error(elbos)
     ll_mean, ll_se = mean_and_standard_error(log_likelihoods)
     gap_mean, gap_se = mean_and_standard_error(log_likelihoods - elbos)  # paired: the points' spread cancels
     return {
-        "checkpoint": os.path.abspath(path), "epoch": checkpoint.epoch, "dataset": dataset.name,
+        "checkpoint": os.path.abspath(path), "epoch": checkpoint.epoch, "dataset": name,
         "data_source": dataset.source, "test_points": len(elbos), "test_set_size": len(dataset.test_x),
         "iw_samples": args.iw_samples, "chunk": chunk, "batch_size": args.batch_size, "seed": args.seed,
         "backend": backend.name, "dtype": backend.dtype.name,
@@ -216,7 +214,8 @@ def format_table(results):
             ("-ELBO", {**lower_bound, "mean": -lower_bound["mean"]}),
             ("-log p(x)", {**log_likelihood, "mean": -log_likelihood["mean"]}),
             ("log p(x) - ELBO", results["log_likelihood_minus_elbo"])]
-    lines = [f"{results['checkpoint']} (epoch {results['epoch']}) on {results['dataset']}: "
+    data = results["dataset"] or f"the IDX files in {results['data_source']}"
+    lines = [f"{results['checkpoint']} (epoch {results['epoch']}) on {data}: "
              f"{results['test_points']} of {results['test_set_size']} test points, {results['backend']} "
              f"{results['dtype']}, {results['seconds']:.1f} s",
              f"{'nats per test point':<24}{'mean':>12}{'std. error':>12}"]

@@ -44,8 +44,10 @@ import math
 import sys
 from collections import namedtuple
 
-from .backend import BACKEND_NAMES, DTYPES, Backend, get_backend
-from .cli import Parser, nonnegative_int, positive_float, positive_int, variance_setting
+from . import settings as table
+from .backend import Backend, get_backend
+from .cli import (Parser, UsageError, add_setting_flags, given_settings, positive_float, refuse_unused, run_command,
+                  setting_values)
 from .errors import BackendUnavailable
 
 DEFAULT_STEP = 1e-3  # h; perturbations reach 2h, so keep ReLU inputs > 1e-2 away from 0
@@ -357,50 +359,37 @@ def summarize(rows, tolerance):
 PROGRAM = "minivae-gradcheck"
 
 
-def build_parser():
-    from .layers import ACTIVATIONS
-    from .likelihoods import LIKELIHOODS
-    from .model import ARCHITECTURES
-    from .objectives import OBJECTIVES
+MODEL_SETTINGS = ("input_dim", "hidden", "latent_dim", "n_samples", "batch_size", "likelihood", "variance",
+                  "activation", "objective", "beta", "architecture", "image_shape", "channels")
+CHECK_SETTINGS = ("dtype", "backend", "seed")
+SETTINGS = MODEL_SETTINGS + CHECK_SETTINGS
+"""The settings of minivae/settings.py this command has; its own defaults (a small VAE) and help below."""
+LAYER_SETTINGS = ("input_dim", "hidden", "latent_dim", "n_samples", "batch_size", "variance") + CHECK_SETTINGS
+"""What ``--layer`` uses: the shapes of the piece, and the variance of the gaussian likelihood."""
+DEFAULTS = {"input_dim": 12, "hidden": [8], "latent_dim": 3, "batch_size": 4, "likelihood": "bernoulli",
+            "image_shape": [8, 8], "channels": [2, 3], "dtype": "float64", "backend": "numpy", "seed": 0}
+HELPS = {"hidden": "a hidden layer width; repeat for several layers",
+         "batch_size": "B, data points in the batch", "seed": "seeds the weights, the data and eps",
+         "dtype": "dtype of the model and its analytic gradients; the finite differences are always float64, on "
+                  "a copy of a float32 model",
+         "architecture": "mlp, or conv: the conv VAE of minivae/conv.py on --image-shape images with --channels"}
 
+
+def build_parser():
     parser = Parser(
         prog=PROGRAM,
         description="Check every hand-written gradient of a small VAE (or of one piece of it, --layer) against "
                     "central finite differences, eq. (24) of docs/derivation.md, with the noise eps held fixed. "
                     "Prints one row per gradient and exits 1 if any relative error is above the tolerance.")
-    model = parser.add_argument_group("model")
-    model.add_argument("--input-dim", type=positive_int, default=12, help="D, values per data point (default 12)")
-    model.add_argument("--hidden", type=positive_int, action="append",
-                       help="a hidden layer width; repeat for several layers (default: one layer of 8)")
-    model.add_argument("--latent-dim", type=positive_int, default=3, help="J, the size of z (default 3)")
-    model.add_argument("--samples", type=positive_int, default=1, help="L, samples of z per data point (default 1)")
-    model.add_argument("--batch-size", type=positive_int, default=4, help="B, data points in the batch (default 4)")
-    model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="(default bernoulli)")
-    model.add_argument("--variance", type=variance_setting, default=1.0,
-                       help="s2 of the Gaussian likelihood, or 'learned' (default 1.0)")
-    model.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default relu)")
-    model.add_argument("--objective", choices=OBJECTIVES, default="elbo",
-                       help="elbo (eq. (3)) or iwae (eq. (43), K = --samples) (default elbo)")
-    model.add_argument("--beta", type=positive_float, default=1.0,
-                       help="the KL weight of the ELBO objective, eq. (42) (default 1)")
+    add_setting_flags(parser.add_argument_group("model"), MODEL_SETTINGS, DEFAULTS, HELPS,
+                      types={"image_shape": _image_shape})
     check = parser.add_argument_group("check")
-    model.add_argument("--architecture", choices=ARCHITECTURES, default="mlp",
-                       help="mlp, or conv: the conv VAE of minivae/conv.py on --image-shape images with 2 and 3 "
-                            "channels (--input-dim and --hidden are then not used) (default mlp)")
-    model.add_argument("--image-shape", type=_image_shape, default=(8, 8),
-                       help="HxW of the conv VAE's images, multiples of 4 (default 8x8)")
     check.add_argument("--layer", choices=LAYER_KINDS + CONV_KINDS,
                        help="check this one piece alone (its input and parameter gradients) instead of the VAE, at the "
                             "shapes it has in the model: uses --input-dim, the first --hidden, --latent-dim, "
                             "--samples, --batch-size and --variance; conv2d and conv_transpose2d: 2 -> 3 "
                             "channels, 7x6 images, kernel 3x2, stride 2, padding 1, --batch-size")
-    check.add_argument("--dtype", choices=DTYPES, default="float64",
-                       help="dtype of the model and its analytic gradients (default float64); the finite "
-                            "differences are always float64, on a copy of a float32 model")
-    check.add_argument("--backend", choices=BACKEND_NAMES, default="numpy",
-                       help="numpy, cupy, or auto (cupy when a CUDA device is visible) (default numpy)")
-    check.add_argument("--seed", type=nonnegative_int, default=0,
-                       help="seeds the weights, the data and eps (default 0)")
+    add_setting_flags(check, CHECK_SETTINGS, DEFAULTS, HELPS)
     check.add_argument("--tolerance", type=positive_float,
                        help=f"largest relative error that passes (default {DEFAULT_TOLERANCE:g}; "
                             f"{FLOAT32_TOLERANCE:g} with --dtype float32)")
@@ -412,22 +401,31 @@ def build_parser():
 
 def main(argv=None):
     """Run the command line with ``argv`` (default: sys.argv[1:]); returns the exit status:
-    0 every gradient agrees, 1 some gradient FAILs, 2 a bad flag or an unavailable backend."""
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except BackendUnavailable as exc:
-        if args.debug:
-            raise
-        print(f"{PROGRAM}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    0 every gradient agrees, 1 some gradient FAILs, 2 a bad flag (or one the checked model does not use)
+    or an unavailable backend, 141 when the reader of the output went away (``| head``)."""
+    return run_command(PROGRAM, build_parser(), _run, lambda args: "nothing was written", "the current folder",
+                       lambda args: f"choose a smaller {table.memory_flags(setting_values(args, SETTINGS, DEFAULTS))}",
+                       argv)
 
 
 def _run(args):
+    given, values = given_settings(args, SETTINGS), setting_values(args, SETTINGS, DEFAULTS)
+    if args.layer:
+        extra = next((name for name in given if name not in LAYER_SETTINGS), None)
+        if extra is not None:
+            raise UsageError(f"{table.option(extra)} is a setting of the whole VAE's check; --layer {args.layer} "
+                             f"checks one piece alone: drop {table.option(extra)}, or drop --layer")
+    else:
+        refuse_unused(values, given)
+    for name, value in values.items():
+        setattr(args, name, value)
     float32 = args.dtype == "float32"
     tolerance = args.tolerance or (FLOAT32_TOLERANCE if float32 else DEFAULT_TOLERANCE)
-    hidden = args.hidden or [8]
-    backend = get_backend(args.backend, dtype=args.dtype, seed=args.seed)
+    hidden = args.hidden
+    try:
+        backend = get_backend(args.backend, dtype=args.dtype, seed=args.seed)
+    except BackendUnavailable as error:
+        raise UsageError(" ".join(str(error).split())) from None
     margin = math.inf
     if args.layer in CONV_KINDS:
         step = args.step or DEFAULT_STEP
@@ -436,7 +434,7 @@ def _run(args):
     elif args.layer:
         step = args.step or DEFAULT_STEP
         description, rows = check_layer(args.layer, backend, args.batch_size, args.input_dim, hidden[0],
-                                        args.latent_dim, args.samples, args.variance, step, tolerance)
+                                        args.latent_dim, args.n_samples, args.variance, step, tolerance)
         print(f"{PROGRAM}: {description}; random upstream gradient; {_settings(args, backend, step, tolerance)}")
     else:
         from .model import VAE
@@ -444,8 +442,8 @@ def _run(args):
         conv = args.architecture == "conv"
         input_dim = args.image_shape[0] * args.image_shape[1] if conv else args.input_dim
         model = VAE(input_dim, hidden, args.latent_dim, activation=args.activation, likelihood=args.likelihood,
-                    variance=args.variance, n_samples=args.samples, objective=args.objective, backend=backend,
-                    architecture=args.architecture, image_shape=args.image_shape, channels=(2, 3))
+                    variance=args.variance, n_samples=args.n_samples, objective=args.objective, backend=backend,
+                    architecture=args.architecture, image_shape=args.image_shape, channels=args.channels)
         x = backend.uniform((args.batch_size, input_dim))
         eps = model.draw_eps(args.batch_size)  # drawn once: held fixed for every difference
         if args.activation == "relu":
@@ -454,10 +452,11 @@ def _run(args):
         step = args.step or min(DEFAULT_STEP, max(margin / 10, 1e-6))
         sizes = "-".join(str(n) for n in [args.input_dim, *hidden, args.latent_dim, *reversed(hidden), args.input_dim])
         if conv:
-            sizes = "conv {0}x{1}-2-3-{2}-3-2-{0}x{1}".format(*args.image_shape, args.latent_dim)
+            sizes = "conv {0}x{1}-{3}-{4}-{2}-{4}-{3}-{0}x{1}".format(*args.image_shape, args.latent_dim,
+                                                                    *args.channels)
         loss = "loss of eq. (3)" if args.objective == "elbo" else "IWAE loss of eq. (43)"
         loss += f" with beta={args.beta:g} (eq. (42))" if args.beta != 1 else ""
-        print(f"{PROGRAM}: VAE {sizes}, {args.likelihood} likelihood, {args.activation}, L={args.samples}, "
+        print(f"{PROGRAM}: VAE {sizes}, {args.likelihood} likelihood, {args.activation}, L={args.n_samples}, "
               f"batch {args.batch_size}; {loss} with eps held fixed; {_settings(args, backend, step, tolerance)}")
         rows = check_model(model, x, eps, step, tolerance, args.beta)
     if float32:
@@ -476,7 +475,7 @@ def _image_shape(text):
     from .conv import check_image_shape
 
     try:
-        return check_image_shape(int(n) for n in text.lower().split("x", 1))
+        return list(check_image_shape(int(n) for n in text.lower().split("x", 1)))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}" if "multiples" in str(error) else
                                          f"{text!r} is not HxW (e.g. 8x8)") from None

@@ -21,28 +21,13 @@ Input is checked once, at the public entry points (``forward``, ``loss_and_backw
 
 from collections import namedtuple
 
-from . import checks
+from . import settings
 from .backend import numpy_backend
 from .conv import check_image_shape, conv_decoder, conv_decoder_values_per_row, conv_encoder
 from .gaussian import as_samples, head_gradient, kl_divergence, reparameterize
-from .layers import ACTIVATIONS, ParameterBuffer, mlp
-from .likelihoods import LEARNED, LIKELIHOODS, likelihood_class, make_likelihood
-from .objectives import OBJECTIVES, importance_log_weights, make_objective
-
-ARCHITECTURES = ("mlp", "conv")
-
-CONFIG_RULES = {
-    "input_dim": checks.positive_int, "hidden": checks.list_of(checks.positive_int, allow_empty=True),
-    "latent_dim": checks.positive_int,
-    "decoder_hidden": checks.optional(checks.list_of(checks.positive_int, allow_empty=True)),
-    "activation": checks.one_of(ACTIVATIONS), "likelihood": checks.one_of(LIKELIHOODS),
-    "variance": checks.or_literal(LEARNED, checks.positive_number), "n_samples": checks.positive_int,
-    "objective": checks.one_of(OBJECTIVES),
-    "architecture": checks.one_of(ARCHITECTURES), "image_shape": checks.optional(checks.list_of(checks.positive_int)),
-    "channels": checks.list_of(checks.positive_int),
-}
-"""What each argument of ``VAE`` (each field of ``VAE.config``) must be; checked by the constructor
-and, before a model is built from one, on a checkpoint's config (``checkpoint.load_checkpoint``)."""
+from .layers import ParameterBuffer, mlp
+from .likelihoods import LEARNED, likelihood_class, make_likelihood
+from .objectives import importance_log_weights, make_objective
 
 LossTerms = namedtuple("LossTerms", ["reconstruction", "kl", "total"])
 LossTerms.__doc__ = """The terms of eq. (3): reconstruction NLL, KL, and the objective optimised, each
@@ -91,13 +76,12 @@ class VAE:
                  likelihood="bernoulli", variance=1.0, n_samples=1, objective="elbo", backend=None,
                  architecture="mlp", image_shape=None, channels=(32, 64)):
         self.backend = backend if backend is not None else numpy_backend()
-        problem = checks.first_problem(
+        problem = settings.model_problem(
             {"input_dim": input_dim, "hidden": hidden, "latent_dim": latent_dim, "decoder_hidden": decoder_hidden,
              "activation": activation, "likelihood": likelihood, "variance": variance, "n_samples": n_samples,
-             "objective": objective, "architecture": architecture, "channels": channels},
-            CONFIG_RULES)
+             "objective": objective, "architecture": architecture, "channels": channels})
         if problem is not None:
-            raise ValueError(f"VAE: {problem[1]}")
+            raise ValueError(f"VAE: {problem}")
         self.likelihood = self._likelihood(likelihood, variance)
         hidden = tuple(int(h) for h in hidden)
         decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(int(h) for h in decoder_hidden)

@@ -7,7 +7,6 @@ atomically. ``--resume DIR`` continues the run in DIR up to ``--epochs`` (the to
 had never stopped.
 """
 
-import contextlib
 import io
 import json
 import math
@@ -18,21 +17,20 @@ import time
 import numpy as np
 
 from . import __version__, plots
-from .backend import BACKEND_NAMES, DTYPES, get_backend
-from .checkpoint import (BINARIZE_MODES, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, read_run_settings, restore,
-                         save_checkpoint)
-from .cli import (Parser, add_output_flags, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                  run_command, variance_setting)
+from . import settings as table
+from .backend import get_backend
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
+from .cli import (Parser, add_output_flags, add_setting_flags, dataset_label, given_settings,
+                  positive_int, refuse_unused, run_command)
 from .conv import check_image_shape
 from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from .errors import CheckpointError, MinivaeError, NumericalError
-from .fileio import LOCK_NAME, atomic_write, folder_lock
+from .fileio import atomic_write
 from .interrupts import check_interrupt, deferred_interrupts
-from .layers import ACTIVATIONS
-from .likelihoods import LIKELIHOODS
-from .model import ARCHITECTURES, VAE
-from .objectives import OBJECTIVES, kl_weight_at
+from .model import VAE
+from .objectives import kl_weight_at
 from .optim import Adam
+from .run_folder import merge, opened
 
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
@@ -43,53 +41,21 @@ METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "t
 EVAL_BATCH_SIZE = 1000
 RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype float64"
 
-# The settings of a run, with the classic PyTorch example's defaults where it has one. Flags left
-# unset on the command line take these (or, with --resume, the saved run's) values.
-DEFAULTS = {
-    "dataset": None, "binarize": "none", "backend": "numpy", "dtype": "float32", "epochs": 10,
-    "batch_size": 128, "lr": 1e-3, "latent_dim": 20, "samples": 1, "hidden": [400], "decoder_hidden": None,
-    "activation": "relu", "likelihood": None, "variance": 1.0, "seed": 1, "architecture": "mlp",
-    "objective": "elbo", "beta": 1.0, "kl_warmup": 0,
-}
-# Settings a resumed run may change; every other one must match the saved run.
-CHANGEABLE_ON_RESUME = ("epochs", "backend")
+SETTINGS = ("dataset", "data_dir", "backend", "dtype", "epochs", "batch_size", "lr", "latent_dim", "n_samples",
+            "hidden", "decoder_hidden", "architecture", "channels", "activation", "likelihood", "variance",
+            "objective", "beta", "kl_warmup", "binarize", "seed")
+"""The settings of a run (minivae/settings.py), in the order of ``--help``: the classic PyTorch example's
+defaults where it has one. Those not given take their defaults (or, with --resume, the saved run's)."""
+DEFAULTS = table.defaults(SETTINGS)
+CHANGEABLE_ON_RESUME = table.resumable(SETTINGS)  # every other setting must match the saved run
 
 
 def build_parser():
     parser = Parser(
         prog="python -m minivae.train", description="Train a VAE whose every gradient is written by hand.")
+    add_setting_flags(parser, SETTINGS)
     add = parser.add_argument
-    add("--dataset", choices=sorted(DATASETS),
-        help="dataset to train on (default: mnist; when MNIST is unreachable, a Fashion-MNIST copy on this machine, "
-             "else fashion-mnist-small, which ships with minivae)")
-    add("--data-dir", help="folder holding the dataset's files (IDX files with MNIST's names, or frey_rawface.mat)")
     add("--no-download", action="store_true", help="never download a dataset (as MINIVAE_NO_DOWNLOAD=1 does)")
-    add("--backend", choices=BACKEND_NAMES, help="array backend (default: numpy)")
-    add("--dtype", choices=DTYPES, help="floating-point type (default: float32)")
-    add("--epochs", type=positive_int, help="total number of epochs (default: 10)")
-    add("--batch-size", type=positive_int, help="batch size (default: 128)")
-    add("--lr", type=positive_float, help="Adam's learning rate (default: 1e-3)")
-    add("--latent-dim", type=positive_int, help="size of z (default: 20)")
-    add("--samples", type=positive_int, help="L, z samples per datapoint (default: 1)")
-    add("--hidden", type=positive_int, action="append", help="encoder hidden width; repeat for a deeper net (default: 400)")
-    add("--decoder-hidden", type=positive_int, action="append", help="decoder hidden width (default: --hidden reversed)")
-    add("--architecture", choices=ARCHITECTURES,
-        help="mlp (Linear layers, --hidden) or conv (two stride-2 4x4 convolutions of 32 and 64 channels and a "
-             "Linear head; the decoder mirrors it; images whose sides are multiples of 4) (default: mlp)")
-    add("--activation", choices=ACTIVATIONS, help="activation between layers (default: relu)")
-    add("--likelihood", choices=LIKELIHOODS, help="decoder likelihood (default: the dataset's: bernoulli for pixels)")
-    add("--variance", type=variance_setting,
-        help="variance of the gaussian likelihood: a fixed number, or 'learned', a variance per value output by "
-             "the decoder (default: 1.0)")
-    add("--objective", choices=OBJECTIVES,
-        help="elbo (eq. (3)) or iwae, the importance-weighted bound with K = --samples (eq. (43)) (default: elbo)")
-    add("--beta", type=nonnegative_float,
-        help="weight of the KL in the ELBO objective (default: 1); beta != 1 is not the ELBO (eq. (42))")
-    add("--kl-warmup", type=nonnegative_int, metavar="N",
-        help="ramp the KL weight from 0 to --beta over the first N epochs (default: 0, no warm-up)")
-    add("--binarize", choices=BINARIZE_MODES,
-        help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)")
-    add("--seed", type=nonnegative_int, help="random seed (default: 1)")
     add("--out", default="results", help="folder for the run's files (default: results/)")
     add("--resume", metavar="DIR", help="continue the run in DIR up to --epochs")
     add("--log-interval", type=positive_int, default=10,
@@ -99,13 +65,17 @@ def build_parser():
 
 
 PROGRAM = "minivae-train"
-MEMORY_HINT = "choose a smaller --hidden, --decoder-hidden, --latent-dim or --batch-size"
 
 
 def main(argv=None):
-    """The command: 0 when done, 1 with one line on stderr for a failure, 130 for Ctrl-C (wherever it
-    lands: minivae/interrupts.py)."""
-    return run_command(PROGRAM, build_parser(), run, _what_is_kept, "the --out folder", MEMORY_HINT, argv)
+    """The command: 0 when done, 1 with one line on stderr for a failure, 2 for a flag the chosen model
+    does not use, 130 for Ctrl-C (wherever it lands: minivae/interrupts.py)."""
+    return run_command(PROGRAM, build_parser(), run, _what_is_kept, "the --out folder", _memory_hint, argv)
+
+
+def _memory_hint(args):
+    """The flags that the memory of a training step grows with, for the model the command line chose."""
+    return f"choose a smaller {table.memory_flags({**DEFAULTS, **given_settings(args, SETTINGS)})}"
 
 
 def _what_is_kept(args):
@@ -122,20 +92,22 @@ def run(args):
     """Train as the parsed command line says; returns the metrics history (a list of dicts)."""
     log = (lambda message: None) if args.quiet else print
     out = args.resume if args.resume else args.out
-    _prepare_out_folder(out, resuming=bool(args.resume))
-    with folder_lock(out, lambda pid: MinivaeError(
-            f"another run (process {pid}) is writing to {out}; wait for it to finish, or choose another "
-            f"--out (if process {pid} is not a minivae run, delete {os.path.join(out, LOCK_NAME)})")):
-        saved = _read_saved_run(out, resuming=bool(args.resume))
-        _remove_stale_temporaries(out)
-        settings = _settings(args, saved)
-        if settings["objective"] == "iwae" and (settings["beta"] != 1 or settings["kl_warmup"]):
-            raise MinivaeError("--beta and --kl-warmup weight the KL of the ELBO objective; the iwae objective "
-                               "has no separate KL term: drop them, or pass --objective elbo")
+    given = given_settings(args, SETTINGS)
+    if args.data_dir:
+        given["data_dir"] = os.path.abspath(args.data_dir)  # a resume may run from another folder
+    if not args.resume:  # before anything is created: what the command line alone rules out
+        dataset = given.get("dataset")
+        refuse_unused({**DEFAULTS, **given, "likelihood": given.get("likelihood") or (
+            DATASETS[dataset].likelihood_hint if dataset else None)}, given)
+    with opened(out, resuming=bool(args.resume)) as saved:
+        settings = merge(given, saved, SETTINGS, args.resume)
         dataset = _load_data(settings, args, log)
-        settings["dataset"] = dataset.name
+        if settings["dataset"] is None and settings["data_dir"] is None:
+            settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)
         if settings["likelihood"] is None:
             settings["likelihood"] = dataset.likelihood_hint
+        refuse_unused(settings, given)
+        settings = table.used(settings)
         backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
         model = _build_model(settings, dataset, backend)
         optimizer = Adam(model.parameters(), lr=settings["lr"])
@@ -161,68 +133,6 @@ def run(args):
         return history
 
 
-def _prepare_out_folder(out, resuming):
-    """Create ``--out`` (never the folder of ``--resume``, which must hold a run already)."""
-    if resuming and not os.path.isdir(out):
-        raise MinivaeError(f"--resume {out}: no such folder, so there is no run to resume; pass the --out "
-                           f"folder of an earlier run, or start a new run with --out {out}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise MinivaeError(f"--out {out}: is a file, not a folder; choose another --out")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        raise MinivaeError(f"--out {out}: cannot create the folder ({error.strerror}); choose a writable folder")
-    if not os.access(out, os.W_OK | os.X_OK):
-        if resuming:
-            raise MinivaeError(f"--resume {out}: the folder is not writable, so the run cannot continue there; "
-                               f"make it writable, or copy it to a writable place and resume the copy")
-        raise MinivaeError(f"--out {out}: the folder is not writable; choose a writable folder")
-
-
-def _remove_stale_temporaries(out):
-    """Delete the temporary files (``.<name>.<random>.tmp``) that ``atomic_write`` leaves behind when a
-    run is killed in the middle of writing a file. Called under the folder's lock: no other run of
-    minivae is writing there."""
-    for name in os.listdir(out):
-        if name.startswith(".") and name.endswith(".tmp"):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(out, name))
-
-
-def _read_saved_run(out, resuming):
-    """The saved config.json of the run in ``out`` (None if there is none). A fresh run refuses a
-    folder that already holds one, so that nothing is overwritten."""
-    path = os.path.join(out, CONFIG_NAME)
-    if not os.path.exists(path):
-        if resuming:
-            raise MinivaeError(f"--resume {out}: no {CONFIG_NAME} there, so there is no run to resume; "
-                               f"start one with --out {out}")
-        return None
-    if not resuming:
-        raise MinivaeError(f"--out {out} already holds a run ({CONFIG_NAME}); continue it with --resume {out}, "
-                           f"or choose another --out")
-    return read_run_settings(path, "fix it, or start a new run with another --out")
-
-
-def _settings(args, saved):
-    """The run's settings: the command line over the defaults, or, when resuming, the saved run's
-    (a flag that would change a saved setting other than --epochs or --backend is refused)."""
-    given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None}
-    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None  # a resume may run elsewhere
-    if saved is None:
-        return {**DEFAULTS, **given, "data_dir": data_dir}
-    for key, value in given.items():
-        started_with = saved.get(key, DEFAULTS[key])  # a setting added since the run began has its default
-        if key not in CHANGEABLE_ON_RESUME and started_with != value:
-            flag = "--" + key.replace("_", "-")
-            raise MinivaeError(f"--resume {args.resume}: the run was started with {flag} {started_with}, "
-                               f"not {value}; drop {flag} to continue it, or start a new run with another --out")
-    settings = {key: saved.get(key, default) for key, default in DEFAULTS.items()}
-    settings.update({key: given[key] for key in CHANGEABLE_ON_RESUME if key in given})
-    settings["data_dir"] = data_dir or saved.get("data_dir")
-    return settings
-
-
 def _load_data(settings, args, log):
     download = not args.no_download
     if settings["dataset"] is None:
@@ -232,31 +142,21 @@ def _load_data(settings, args, log):
     n_train = dataset.train_x.shape[0]
     if settings["batch_size"] > n_train:
         raise MinivaeError(f"--batch-size {settings['batch_size']} is larger than the {n_train} training examples "
-                           f"of {dataset.name} ({dataset.source}); pass --batch-size {n_train} or less")
+                           f"of {dataset_label(dataset, settings['dataset'])}; pass --batch-size {n_train} or less")
     binarize_dataset(dataset, settings["binarize"], settings["seed"])
     return dataset
 
 
 def _build_model(settings, dataset, backend):
-    architecture = settings["architecture"]
-    if architecture == "conv":
-        _check_conv_settings(settings, dataset)
-    return VAE(input_dim=dataset.train_x.shape[1], hidden=settings["hidden"], latent_dim=settings["latent_dim"],
-               decoder_hidden=settings["decoder_hidden"], activation=settings["activation"],
-               likelihood=settings["likelihood"], variance=settings["variance"], n_samples=settings["samples"],
-               objective=settings["objective"], backend=backend, architecture=architecture,
-               image_shape=dataset.image_shape)
-
-
-def _check_conv_settings(settings, dataset):
-    """Refuse, in one line, what --architecture conv cannot do: MLP widths, images of other sizes."""
-    if settings["hidden"] != DEFAULTS["hidden"] or settings["decoder_hidden"] is not None:
-        raise MinivaeError("--hidden and --decoder-hidden set the MLP's widths; --architecture conv has no hidden "
-                           "Linear layers: drop them, or use --architecture mlp")
-    try:
-        check_image_shape(dataset.image_shape)
-    except ValueError as error:
-        raise MinivaeError(f"{dataset.name} ({dataset.source}): {error}") from None
+    """The VAE the settings describe, for images of the dataset's size (the conv VAE: sides multiples of 4)."""
+    if settings["architecture"] == "conv":
+        try:
+            check_image_shape(dataset.image_shape)
+        except ValueError as error:
+            raise MinivaeError(f"{dataset_label(dataset, settings['dataset'])}: {error}") from None
+    model_settings = {name: value for name, value in settings.items() if table.SETTINGS[name].model}
+    return VAE(input_dim=dataset.train_x.shape[1], image_shape=dataset.image_shape, backend=backend,
+               **model_settings)
 
 
 def _resume_state(out, model, optimizer, dataset, log):
@@ -291,6 +191,8 @@ class Trainer:
         self.model, self.optimizer, self.dataset, self.settings = model, optimizer, dataset, settings
         self.out, self.log = out, log
         self.backend = model.backend
+        for x in (dataset.train_x, dataset.test_x):  # the likelihood's range, once here rather than per batch
+            model.likelihood.check_data(x)
         self.train_x = self.backend.to_device(dataset.train_x)  # moved once, sliced on the device
         self.test_x = self.backend.to_device(dataset.test_x)
         self.show_progress = not (args.no_progress or args.quiet) and sys.stdout.isatty()
@@ -326,7 +228,7 @@ class Trainer:
                     f"{'NaN' if math.isnan(record[key]) else 'infinite'}; no checkpoint was written for this "
                     f"epoch, and {os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. "
                     f"{RETRY_HINT}")
-        weighted = self.settings.get("objective") == "iwae" or self._kl_weight(epoch, 0.0) != 1.0
+        weighted = self.settings["objective"] == "iwae" or self._kl_weight(epoch, 0.0) != 1.0
         objective = f" (objective {record['train_objective']:.2f})" if weighted else ""
         self.log(f"epoch {epoch}/{self.settings['epochs']}  train loss {record['train_loss']:.2f}{objective}  "
                  f"test loss {record['test_loss']:.2f} (z = mu: {record['test_loss_mean']:.2f})  "
@@ -350,8 +252,7 @@ class Trainer:
             x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
             if dynamic:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
-            kl_weight = self._kl_weight(epoch, step / steps)  # eq. (42); 1 unless --beta or --kl-warmup
-            terms = model.loss_and_backward(x) if kl_weight == 1.0 else model.loss_and_backward(x, kl_weight=kl_weight)
+            terms = model.loss_and_backward(x, kl_weight=self._kl_weight(epoch, step / steps), checked=True)
             step_values[step, :3] = xp.stack(terms)
             step_values[step, 3] = model.buffer.grad.sum()  # one pass over every gradient at once
             if (step + 1) % self.check_every == 0 or step + 1 == steps:
@@ -368,9 +269,12 @@ class Trainer:
         return backend.to_numpy(step_values[:, :3]).astype(np.float64).sum(axis=0)
 
     def _kl_weight(self, epoch, fraction):
-        """Eq. (42): the KL weight at this point of training (1 unless --beta or --kl-warmup say otherwise)."""
+        """Eq. (42): the KL weight at this point of training (1 unless --beta or --kl-warmup say otherwise;
+        1 for the IWAE objective, which has no separate KL term and records no beta)."""
         settings = self.settings
-        return kl_weight_at(settings.get("beta", 1.0), settings.get("kl_warmup", 0), epoch, fraction)
+        if settings["objective"] != "elbo":
+            return 1.0
+        return kl_weight_at(settings["beta"], settings["kl_warmup"], epoch, fraction)
 
     def _stop_if_not_finite(self, step_values, start, stop, epoch):
         values = self.backend.to_numpy(step_values[start:stop])
@@ -394,7 +298,7 @@ class Trainer:
             check_interrupt()
             x = self.test_x[start:start + EVAL_BATCH_SIZE]
             eps = None if use_mean else noise.standard_normal((model.n_samples, x.shape[0], model.latent_dim))
-            reconstruction, kl = model.elbo_terms(x, eps, use_mean=use_mean)
+            reconstruction, kl = model.elbo_terms(x, eps, use_mean=use_mean, checked=True)
             sums[:2] += [float(reconstruction.sum()), float(kl.sum())]
         sums[2] = sums[0] + sums[1]
         return sums

@@ -785,8 +785,37 @@ def test_load_model_gives_the_saved_model(tmp_path):
         for name, array in host_params(model).items():
             np.testing.assert_array_equal(host_params(loaded)[name], array)
         np.testing.assert_array_equal(loaded.decode(z), model.decode(z))
-    (tmp_path / "config.json").write_text(json.dumps({"latent_dim": 4}))
-    with pytest.raises(CheckpointError, match="latent_dim"):
-        minivae.load_model(str(tmp_path))
     with pytest.raises(CheckpointError, match="no such run folder"):
         minivae.load_model(str(tmp_path / "missing"))
+
+
+# config.json as minivae.train writes it for small_model (settings.py's names: n_samples, not samples)
+SMALL_RUN = {"dataset": "mnist", "data_dir": None, "backend": "numpy", "dtype": "float32", "epochs": 1,
+             "batch_size": 16, "lr": 1e-2, "latent_dim": 3, "n_samples": 1, "hidden": [8], "decoder_hidden": None,
+             "architecture": "mlp", "activation": "relu", "likelihood": "bernoulli", "objective": "elbo",
+             "beta": 1.0, "kl_warmup": 0, "binarize": "none", "seed": 3, "version": "0.1.0"}
+DROP = object()
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"latent_dim": 4}, "latent_dim"), ({"hidden": [16]}, "hidden"), ({"decoder_hidden": [5]}, "decoder_hidden"),
+    ({"activation": "tanh"}, "activation"), ({"likelihood": "gaussian", "variance": 1.0}, "likelihood"),
+    ({"n_samples": 2}, "n_samples"), ({"samples": 2, "n_samples": DROP}, "n_samples"),
+    ({"objective": "iwae"}, "objective"),
+])
+def test_load_model_compares_every_model_setting_of_config_json(tmp_path, edit, field):
+    """The folder's config.json and the checkpoint use the same names (minivae/settings.py), so every
+    model setting config.json records is compared with the checkpoint's, not only three shared ones
+    (n_samples and the objective went unchecked); an old name (samples) is read as today's."""
+    backend = numpy_backend(dtype="float32", seed=3)
+    model = small_model(backend)
+    save_checkpoint(str(tmp_path / "checkpoint.npz"), model, Adam(model.parameters()), epoch=1)
+    (tmp_path / "config.json").write_text(json.dumps(SMALL_RUN))
+    assert minivae.load_model(str(tmp_path)).config == model.config  # decoder_hidden null: hidden reversed
+    settings = {key: value for key, value in {**SMALL_RUN, **edit}.items() if value is not DROP}
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(CheckpointError, match=rf"was trained with {field}=.*config\.json must say the same"):
+        minivae.load_model(str(tmp_path))
+    (tmp_path / "alone").mkdir()
+    os.replace(tmp_path / "checkpoint.npz", tmp_path / "alone" / "checkpoint.npz")  # the advice: the file alone
+    assert minivae.load_model(str(tmp_path / "alone")).config == model.config

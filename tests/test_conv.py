@@ -314,13 +314,13 @@ def test_an_mlp_checkpoint_is_not_resumed_as_conv(conv_data, tmp_path, capsys):
     assert "drop --architecture" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("size, extra, words", [
-    ((10, 12), (), "multiples of 4 (28x28, 28x20, ...), not 10x12: use --architecture mlp"),
-    ((8, 12), ("--hidden", "16"), "--architecture conv has no hidden Linear layers"),
+@pytest.mark.parametrize("size, extra, words, status", [
+    ((10, 12), (), "multiples of 4 (28x28, 28x20, ...), not 10x12: use --architecture mlp", 1),
+    ((8, 12), ("--hidden", "16"), "--hidden sets the widths of the MLP's hidden Linear layers, which the conv", 2),
 ])
-def test_train_refuses_what_conv_cannot_do_in_one_line(tmp_path, capsys, size, extra, words):
+def test_train_refuses_what_conv_cannot_do_in_one_line(tmp_path, capsys, size, extra, words, status):
     data = write_dataset(tmp_path / "data", 32, 8, *size)
-    assert train.main(conv_args(data, tmp_path / "run", *extra)) == 1
+    assert train.main(conv_args(data, tmp_path / "run", *extra)) == status
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and words in error
 

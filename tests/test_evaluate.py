@@ -314,7 +314,7 @@ def test_a_failed_write_comes_after_the_table(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("case, words", [
     ("out-of-memory", ["out of memory (Unable to allocate", "pass a smaller --chunk"]),
     ("config-not-an-object", ["config.json: the run's settings are a JSON list, not an object"]),
-    ("config-null-seed", ["config.json: seed=None must be an integer >= 0"]),
+    ("config-null-seed", ['config.json: the field "seed" is null; it must be an integer >= 0']),
     ("checkpoint-string-lr", ["optimizer hyperparameter lr='fast' must be a finite number > 0"]),
 ])
 def test_more_failures_are_one_line(run_dir, tmp_path, capsys, case, words):

@@ -55,12 +55,12 @@ calls = []
 if mode == "block":
     original = minivae.model.VAE.loss_and_backward
 
-    def loss_and_backward(self, x, eps=None):
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
         calls.append(1)
         if len(calls) == at_call:
             open(marker, "w").close()
             time.sleep(300)
-        return original(self, x, eps)
+        return original(self, x, eps, kl_weight)
 
     minivae.model.VAE.loss_and_backward = loss_and_backward
 elif mode == "kill-in-savez":
@@ -302,8 +302,8 @@ def poison(monkeypatch, at_call, where, value):
     original = VAE.loss_and_backward
     calls = []
 
-    def loss_and_backward(self, x, eps=None):
-        terms = original(self, x, eps)
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
+        terms = original(self, x, eps, kl_weight)
         calls.append(1)
         if len(calls) == at_call:
             bad = self.backend.xp.asarray(value, dtype=self.backend.dtype)
@@ -450,23 +450,26 @@ def test_a_malformed_dataset_is_one_line_naming_the_file(run_args, tmp_path, cap
     assert os.listdir(out) == []
 
 
-BAD_FLAGS = [
-    (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
-    (["--epochs", "-3"], "argument --epochs: must be a positive integer, got -3"),
-    (["--epochs", "1.5"], "argument --epochs: invalid positive integer value: '1.5'"),
-    (["--batch-size", "-1"], "argument --batch-size: must be a positive integer, got -1"),
-    (["--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
-    (["--latent-dim", "0"], "argument --latent-dim: must be a positive integer, got 0"),
-    (["--samples", "0"], "argument --samples: must be a positive integer, got 0"),
-    (["--hidden", "0"], "argument --hidden: must be a positive integer, got 0"),
-    (["--decoder-hidden", "-4"], "argument --decoder-hidden: must be a positive integer, got -4"),
-    (["--log-interval", "0"], "argument --log-interval: must be a positive integer, got 0"),
-    (["--lr", "0"], "argument --lr: must be a positive number, got 0"),
-    (["--lr", "-0.1"], "argument --lr: must be a positive number, got -0.1"),
-    (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
-    (["--lr", "inf"], "argument --lr: must be a positive number, got inf"),
-    (["--lr", "fast"], "argument --lr: invalid positive number value: 'fast'"),
-    (["--variance", "0"], "argument --variance: must be a positive number, got 0"),
+BAD_FLAGS = [  # a flag's value is checked by the rule of minivae/settings.py that checks it in a file
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+    (["--epochs", "-3"], "argument --epochs: must be an integer >= 1, got -3"),
+    (["--epochs", "1.5"], "argument --epochs: must be an integer >= 1, got 1.5"),
+    (["--batch-size", "-1"], "argument --batch-size: must be an integer >= 1, got -1"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["--latent-dim", "0"], "argument --latent-dim: must be an integer >= 1, got 0"),
+    (["--samples", "0"], "argument --samples: must be an integer >= 1, got 0"),
+    (["--hidden", "0"], "argument --hidden: must be an integer >= 1, got 0"),
+    (["--decoder-hidden", "-4"], "argument --decoder-hidden: must be an integer >= 1, got -4"),
+    (["--channels", "32", "0"], "argument --channels: must be an integer >= 1, got 0"),
+    (["--channels", "32"], "argument --channels: expected 2 arguments"),
+    (["--log-interval", "0"], "argument --log-interval: must be an integer >= 1, got 0"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+    (["--lr", "-0.1"], "argument --lr: must be a finite number > 0, got -0.1"),
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
+    (["--lr", "fast"], "argument --lr: must be a finite number > 0, got fast"),
+    (["--variance", "0"], "argument --variance: must be 'learned' or a finite number > 0, got 0"),
+    (["--beta", "-1"], "argument --beta: must be a finite number >= 0, got -1"),
     (["--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
     (["--dataset", "cifar10"], "argument --dataset: invalid choice: 'cifar10'"),
     (["--likelihood", "poisson"], "argument --likelihood: invalid choice: 'poisson'"),
@@ -697,7 +700,13 @@ def _set_meta(*keys, value):
      ["config.json: the run's settings are a JSON list, not an object", "start a new run with another --out"]),
     (lambda out: (out / "config.json").write_text(
         json.dumps({**json.loads((out / "config.json").read_text()), "batch_size": None})),
-     ["config.json: batch_size=None must be an integer >= 1"]),
+     ['config.json: the field "batch_size" is null; it must be an integer >= 1 (the value of --batch-size)']),
+    (lambda out: (out / "config.json").write_text(json.dumps(
+        {key: value for key, value in json.loads((out / "config.json").read_text()).items() if key != "latent_dim"})),
+     ['config.json: the field "latent_dim" is missing; it must be an integer >= 1 (the value of --latent-dim)']),
+    (lambda out: (out / "config.json").write_text(
+        json.dumps({**json.loads((out / "config.json").read_text()), "objective": None})),
+     ['config.json: the field "objective" is null; it must be one of elbo, iwae (the value of --objective)']),
     (lambda out: (out / "config.json").write_text(
         json.dumps({**json.loads((out / "config.json").read_text()), "lr": "1e-3"})),
      ["config.json: lr='1e-3' must be a finite number > 0"]),
@@ -717,7 +726,7 @@ def _set_meta(*keys, value):
      ["optimizer: step=-3 must be an integer >= 0"]),
     (lambda out: edit_checkpoint(out / "checkpoint.npz", _set_meta("optimizer", "hyperparameters", "lr", value="x")),
      ["optimizer hyperparameter lr='x' must be a finite number > 0"]),
-], ids=["config-list", "config-null", "config-string-lr", "string-dtype", "complex", "v-inf", "nan", "negative-step",
+], ids=["config-list", "config-null", "config-missing", "config-null-objective", "config-string-lr", "string-dtype", "complex", "v-inf", "nan", "negative-step",
         "string-lr"])
 def test_resume_of_a_run_with_unusable_values_is_one_line(finished_run, tmp_path, capsys, damage, words):
     """issue 13, items 5 and 7: each of these was a traceback, or accepted (complex: imaginary part
@@ -732,14 +741,24 @@ def test_resume_of_a_run_with_unusable_values_is_one_line(finished_run, tmp_path
     assert (out / "checkpoint.npz").read_bytes() == before
 
 
-@pytest.mark.parametrize("flag", ["--hidden", "--latent-dim"])
+@pytest.mark.parametrize("flag", ["--hidden", "--latent-dim", "--samples"])
 def test_out_of_memory_is_one_line(data_dir, tmp_path, capsys, flag):
-    """issue 13, item 5: a model too big for memory was a MemoryError traceback."""
+    """issue 13, item 5: a model too big for memory was a MemoryError traceback; issue 26: the hint
+    names every flag the memory grows with, --samples included (it named --hidden for --samples 100000)."""
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--quiet", "--batch-size", "8", flag,
             str(10 ** 12)]
     assert train.main(argv) == 1
-    assert_one_line_error(capsys.readouterr().err, "out of memory (Unable to allocate", "choose a smaller --hidden")
+    assert_one_line_error(capsys.readouterr().err, "out of memory (Unable to allocate",
+                          "choose a smaller --batch-size, --hidden, --decoder-hidden, --latent-dim or --samples")
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_the_out_of_memory_hint_names_the_conv_models_flags(data_dir, tmp_path, capsys):
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--quiet", "--batch-size", "8",
+            "--architecture", "conv", "--channels", str(10 ** 6), str(10 ** 6)]
+    assert train.main(argv) == 1
+    assert_one_line_error(capsys.readouterr().err, "out of memory (Unable to allocate",
+                          "choose a smaller --batch-size, --channels, --latent-dim or --samples")
 
 
 def test_a_resume_folder_that_is_not_writable_is_named_as_such(finished_run, tmp_path, monkeypatch, capsys):

@@ -61,7 +61,9 @@ def test_command_end_to_end_writes_every_output(tmp_path):
     assert set(os.listdir(out)) == expected  # and no .lock or temporary file left behind
     assert all(is_png(out / name) for name in expected if name.endswith(".png"))
     config = json.loads((out / "config.json").read_text())
-    assert config["dataset"] == "mnist" and config["epochs"] == 2 and config["latent_dim"] == 2
+    # --data-dir alone: the IDX files there, named by no dataset; and only what the model used is recorded
+    assert config["dataset"] is None and config["epochs"] == 2 and config["latent_dim"] == 2
+    assert "variance" not in config and "channels" not in config and config["n_samples"] == 1
     assert config["data_dir"] == str(data)  # absolute, so a resume may run from another folder
     checkpoint = load_checkpoint(out / "checkpoint.npz")
     assert checkpoint.epoch == 2
@@ -170,9 +172,9 @@ def test_static_binarization_trains_on_zeros_and_ones(data_dir, tmp_path, monkey
     seen = []
     loss_and_backward = train.VAE.loss_and_backward
 
-    def spy(self, x, eps=None):
+    def spy(self, x, eps=None, kl_weight=1.0):
         seen.append(np.unique(x))
-        return loss_and_backward(self, x, eps)
+        return loss_and_backward(self, x, eps, kl_weight)
 
     monkeypatch.setattr(train.VAE, "loss_and_backward", spy)
     assert train.main(cli_args(data_dir, tmp_path / "run", "--quiet", "--binarize", "static", epochs=1)) == 0
