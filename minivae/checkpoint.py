@@ -26,6 +26,7 @@ import numpy as np
 
 from . import __version__, checks
 from .backend import BACKEND_NAMES, DTYPES, get_backend
+from .data.binarize import BINARIZE_MODES
 from .errors import BackendUnavailable, CheckpointError
 from .fileio import atomic_write
 from .layers import ACTIVATIONS
@@ -48,8 +49,6 @@ ARCHITECTURE_FIELDS = ("input_dim", "hidden", "latent_dim", "decoder_hidden", "a
 # The names minivae.train gives a run's files in its --out folder (minivae.evaluate reads them).
 CHECKPOINT_NAME = "checkpoint.npz"
 CONFIG_NAME = "config.json"
-
-BINARIZE_MODES = ("none", "static", "dynamic")
 
 SETTINGS_RULES = {
     "dataset": checks.optional(checks.text), "data_dir": checks.optional(checks.text),
