@@ -108,7 +108,8 @@ def _labels_field(path, fields, count):
 def _test_labels(path, fields, y, count):
     """The test labels (field ``y_test``), present exactly when training labels are."""
     if (y is None) != ("y_test" not in fields):
-        missing, present = ("y_test", "y") if y is not None else ("y", "y_test")
+        train_field = "labels" if "labels" in fields else "y"
+        missing, present = ("y_test", train_field) if y is not None else (train_field, "y_test")
         raise DataError(f"{path}: has {present} but not {missing}; label both splits or neither")
     return None if y is None else _labels(path, "y_test", fields["y_test"], count)
 
