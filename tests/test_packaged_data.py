@@ -62,7 +62,7 @@ def test_a_damaged_packaged_file_is_refused_naming_it(tmp_path, monkeypatch):
     target = copy / (data.IDX_FILES[2] + ".gz")
     content = bytearray(gzip.decompress(target.read_bytes()))
     content[-1] ^= 1
-    target.write_bytes(gzip.compress(bytes(content)))
+    target.write_bytes(gzip.compress(bytes(content), compresslevel=1))
     monkeypatch.setattr(lookup, "PACKAGED_ROOT", str(tmp_path))
     with pytest.raises(DataError, match=rf"{data.IDX_FILES[2]}\.gz: the sha256 of the decompressed bytes .*"
                                         r"reinstall"):

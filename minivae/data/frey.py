@@ -34,7 +34,7 @@ def parse_frey_mat(data, source, image_shape):
 
     The file's matrix ``ff`` has one image per column; ``ff.T.reshape(-1, H, W)`` are the images.
     """
-    import scipy.io  # only Frey Face needs it; importing it costs a command's start-up ~0.3 s
+    import scipy.io  # only Frey Face needs it: other commands skip its import (~0.05-0.1 s here)
 
     try:
         variables = scipy.io.loadmat(io.BytesIO(data))
