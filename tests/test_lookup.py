@@ -90,8 +90,7 @@ def test_default_falls_back_to_a_local_fashion_mnist(tmp_path, clean_env, monkey
     monkeypatch.setitem(data.DATASETS, "mnist", tiny_spec([closed_port_url()], name="mnist"))
     system = write_idx_dataset(tmp_path / "usr-share-fashion", train_count=7)
     lines = []
-    dataset = data.resolve_default_dataset(log=lines.append, system_dirs={"fashion-mnist": (str(system),)},
-                                           retries=0)
+    dataset = data.resolve_default_dataset(log=lines.append, system_dirs={"fashion-mnist": (str(system),)})
     assert dataset.name == "fashion-mnist" and dataset.source == str(system) and len(dataset.train_x) == 7
     notices = [line for line in lines if "Fashion-MNIST" in line]
     assert len(notices) == 1 and str(system) in notices[0]
@@ -123,8 +122,7 @@ def test_default_with_nothing_anywhere_names_all_three(tmp_path, clean_env, monk
     monkeypatch.setitem(data.DATASETS, "mnist", tiny_spec([closed_port_url()], name="mnist"))
     monkeypatch.setattr(lookup, "PACKAGED_ROOT", str(tmp_path / "broken-install"))
     with pytest.raises(data.DatasetUnavailable) as raised:
-        data.resolve_default_dataset(log=quiet, system_dirs={"fashion-mnist": (str(tmp_path / "none"),)},
-                                     retries=0)
+        data.resolve_default_dataset(log=quiet, system_dirs={"fashion-mnist": (str(tmp_path / "none"),)})
     message = str(raised.value)
     assert "mnist is not on this machine" in message and "no copy of fashion-mnist" in message
     assert "packaged fashion-mnist-small is missing" in message and "reinstall minivae" in message

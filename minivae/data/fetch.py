@@ -3,7 +3,8 @@
 For each file the mirrors are tried in order. pooch streams the file into a staging folder inside
 the cache folder (``tempfile``'s name, never the file's own), checks the digest of the bytes as
 served when the registry has one (``known_hash``), retries a failed or corrupt transfer
-``retries`` times (waiting 1 s, 2 s, ...), and draws a progress bar on a terminal. minivae then
+``retries`` times (waiting 1 s, 2 s, ...), and draws a progress bar on a terminal; a failure no
+retry can mend (no such host, a refused connection, HTTP 4xx) ends the tries at once. minivae then
 checks what pooch cannot: a digest of the decompressed bytes and the file's structure (IDX, or
 Frey Face's .mat). Only a file that passed every check is written under its own name in the cache
 (atomically, ``minivae.fileio``): nothing unverified is ever kept.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import tempfile
 
@@ -31,7 +33,7 @@ def download_files(spec, names, folder, log, timeout, retries=1, progressbar=Non
 
     ``timeout`` bounds each network operation (seconds); ``progressbar`` None draws one when stderr
     is a terminal. Stops at the first file that no mirror can provide, so that a machine without a
-    network gives up after one round of the mirrors (each tried ``1 + retries`` times).
+    network (no host name resolves) gives up after one round of the mirrors, without waiting.
     """
     try:
         os.makedirs(folder, exist_ok=True)
@@ -58,24 +60,57 @@ def _download_file(spec, name, folder, log, timeout, retries, progressbar):
     for mirror in spec.mirrors:
         url = mirror + served
         log(f"downloading {url} into {folder}")
+        downloader = _Downloader(pooch.HTTPDownloader(progressbar=progressbar, timeout=timeout))
         try:
             with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as staging:
                 fetcher = pooch.create(path=staging, base_url=mirror, registry={served: _known_hash(checksum)},
                                        retry_if_failed=retries)
                 with _pooch_quiet(pooch):
-                    path = fetcher.fetch(served, downloader=pooch.HTTPDownloader(progressbar=progressbar,
-                                                                                 timeout=timeout))
+                    path = fetcher.fetch(served, downloader=downloader)
                 data = read_bytes(path)
                 _verify_download(data, url, checksum, spec)
                 with atomic_write(target) as handle:
                     handle.write(data)
             log(f"  saved {target}: {len(data):,} bytes, verified")
             return []
-        except (OSError, ValueError, DataError) as error:  # requests' errors are OSErrors
-            failure = _describe_failure(url, error, checksum, timeout, retries)
+        except (OSError, ValueError, DataError, _Unmendable) as error:  # requests' errors are OSErrors
+            failure = _describe_failure(url, error, checksum, timeout, downloader.tries)
             log(f"  failed: {failure}")
             failures.append(failure)
     return failures
+
+
+class _Unmendable(Exception):
+    """A failure no retry can mend; pooch lets it through at once (it retries only its own two kinds)."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Downloader:
+    """pooch's HTTP downloader, counting its tries, and ending pooch's retries at once on a failure no
+    retry can mend: no such host, a refused connection, an HTTP 4xx answer (but 408 and 429)."""
+
+    def __init__(self, http):
+        self.http = http
+        self.tries = 0
+
+    def __call__(self, url, output_file, pooch_instance):
+        import requests
+
+        self.tries += 1
+        try:
+            return self.http(url, output_file, pooch_instance)
+        except requests.HTTPError as error:
+            status = error.response.status_code if error.response is not None else 0
+            if 400 <= status < 500 and status not in (408, 429):
+                raise _Unmendable(error) from error
+            raise
+        except requests.ConnectionError as error:
+            if isinstance(_innermost(error), (socket.gaierror, ConnectionRefusedError)):
+                raise _Unmendable(error) from error
+            raise
 
 
 def _known_hash(checksum):
@@ -110,38 +145,48 @@ def _verify_download(data, url, checksum, spec):
         parse_idx(content, url)
 
 
-def _describe_failure(url, error, checksum, timeout, retries):
-    """One line saying why downloading ``url`` failed, starting with the URL."""
+def _describe_failure(url, error, checksum, timeout, tries):
+    """One line saying why downloading ``url`` failed (after ``tries`` tries), starting with the URL."""
     import requests
 
-    tries = f"{1 + retries} tries"
     if isinstance(error, DataError):
         return str(error)  # already starts with the URL
+    if isinstance(error, _Unmendable):
+        error = error.error
+    tries = f"{tries} {'try' if tries == 1 else 'tries'}"
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"{url}: HTTP {error.response.status_code} {error.response.reason} ({tries})"
     if isinstance(error, requests.Timeout):
         return f"{url}: timed out, no answer within {timeout:g} s ({tries})"
     if isinstance(error, requests.ConnectionError):
-        return f"{url}: {_innermost_reason(error)} ({tries})"
+        return f"{url}: {_reason(error)} ({tries})"
     if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return f"{url}: the connection broke before the whole file arrived ({_innermost_reason(error)}; " \
-               f"{tries}); try again"
+        return f"{url}: the connection broke before the whole file arrived ({_reason(error)}; {tries}); try again"
     if isinstance(error, ValueError) and checksum is not None and checksum.of == "download":
         return (f"{url}: the {checksum.algorithm} of the download bytes is not the published "
                 f"{checksum.digest} ({tries}); {MIRROR_FIX}")
     return f"{url}: {type(error).__name__}: {error}"
 
 
-def _innermost_reason(error):
-    """The deepest cause behind a requests error that says something plain ("Connection refused",
-    "Name or service not known", "IncompleteRead(60 bytes read, 10 more expected)")."""
-    reason, cause = str(error), error
-    for _ in range(16):  # requests -> urllib3 -> socket: a few links, never a cycle in practice
+def _causes(error):
+    """``error`` and the errors behind it, outermost first: requests -> urllib3 -> socket."""
+    for _ in range(16):  # a few links in practice; the bound guards against a cycle
+        yield error
+        links = [getattr(error, "reason", None), error.__cause__, error.__context__, *error.args]
+        error = next((link for link in links if isinstance(link, BaseException)), None)
+        if error is None:
+            return
+
+
+def _innermost(error):
+    """The deepest error behind ``error`` (a socket error such as ``gaierror``, or ``error`` itself)."""
+    return list(_causes(error))[-1]
+
+
+def _reason(error):
+    """What the errors behind a requests error say in plain words: the first ``strerror`` ("Connection
+    refused", "Name or service not known"), else the innermost message ("IncompleteRead(...)")."""
+    for cause in _causes(error):
         if getattr(cause, "strerror", None):
             return cause.strerror
-        inner = [getattr(cause, "reason", None), cause.__cause__, cause.__context__, *cause.args]
-        cause = next((link for link in inner if isinstance(link, BaseException)), None)
-        if cause is None:
-            return reason
-        reason = str(cause)
-    return reason
+    return str(_innermost(error))
