@@ -1,8 +1,8 @@
 """Finding a dataset of the registry on this machine, or downloading it, and loading it.
 
 A dataset is looked for, in order, in the folder given with ``--data-dir`` (and only there when one
-is given), in ``$MINIVAE_DATA/<name>`` and ``$MINIVAE_DATA``, in the user cache
-(``$XDG_CACHE_HOME/minivae/<name>``, by default ``~/.cache/minivae/<name>``) and in
+is given), in ``$MINIVAE_DATA/<name>`` and ``$MINIVAE_DATA``, in the user cache (pooch's
+``os_cache``: ``$XDG_CACHE_HOME/minivae/<name>``, by default ``~/.cache/minivae/<name>``) and in
 ``<root>/<name>`` for each system root (``/usr/share/datasets``, where Debian's packages put their
 copies; ``$MINIVAE_SYSTEM_DATA`` replaces that list: roots separated by ``os.pathsep``, empty for
 none). When no folder holds every file, the missing files are downloaded into the user cache from
@@ -137,10 +137,12 @@ def system_folders():
 
 
 def cache_folder(name):
-    """The user cache folder of dataset ``name``: ``$XDG_CACHE_HOME/minivae/<name>`` or ``~/.cache/...``."""
-    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = xdg_cache if os.path.isabs(xdg_cache) else os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "minivae", name)
+    """The user cache folder of dataset ``name``, pooch's ``os_cache("minivae")/<name>``: on Linux
+    ``$XDG_CACHE_HOME/minivae/<name>`` (an absolute XDG_CACHE_HOME), else ``~/.cache/minivae/<name>``;
+    the platform's cache folder elsewhere (``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows)."""
+    import pooch  # here, not at the top: importing minivae.data (checkpoint.py does) stays light
+
+    return os.path.join(pooch.os_cache("minivae"), name)
 
 
 def find_file(folder, name):
