@@ -20,7 +20,9 @@ import sys
 
 import numpy as np
 
-from minivae.data import IDX_FILES, find_file, read_idx, write_idx
+from minivae.data.idx import read_idx, write_idx
+from minivae.data.lookup import find_file
+from minivae.data.registry import IDX_FILES
 from minivae.errors import DataError
 
 TRAIN_PER_CLASS = 1000

@@ -64,13 +64,13 @@ class Setting:
 
 
 def _datasets():
-    from .data import DATASETS  # the registry: minivae/data (and SciPy's file readers) only for commands
+    from .data.registry import DATASETS  # the registry: minivae/data (and SciPy's file readers) only for commands
 
     return tuple(sorted(DATASETS))
 
 
 def _binarize_modes():
-    from .data import BINARIZE_MODES
+    from .data.binarize import BINARIZE_MODES
 
     return BINARIZE_MODES
 

@@ -55,12 +55,12 @@ calls = []
 if mode == "block":
     original = minivae.model.VAE.loss_and_backward
 
-    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0, checked=False):
         calls.append(1)
         if len(calls) == at_call:
             open(marker, "w").close()
             time.sleep(300)
-        return original(self, x, eps, kl_weight)
+        return original(self, x, eps, kl_weight, checked)
 
     minivae.model.VAE.loss_and_backward = loss_and_backward
 elif mode == "kill-in-savez":
@@ -302,8 +302,8 @@ def poison(monkeypatch, at_call, where, value):
     original = VAE.loss_and_backward
     calls = []
 
-    def loss_and_backward(self, x, eps=None, kl_weight=1.0):
-        terms = original(self, x, eps, kl_weight)
+    def loss_and_backward(self, x, eps=None, kl_weight=1.0, checked=False):
+        terms = original(self, x, eps, kl_weight, checked)
         calls.append(1)
         if len(calls) == at_call:
             bad = self.backend.xp.asarray(value, dtype=self.backend.dtype)
@@ -364,9 +364,9 @@ def test_a_non_finite_test_loss_writes_no_checkpoint(run_args, tmp_path, monkeyp
     original = VAE.elbo_terms
     calls = []
 
-    def elbo_terms(self, x, eps=None, use_mean=False):
+    def elbo_terms(self, x, eps=None, use_mean=False, checked=False):
         calls.append(1)
-        reconstruction, kl = original(self, x, eps, use_mean)
+        reconstruction, kl = original(self, x, eps, use_mean, checked)
         return (reconstruction * np.nan if len(calls) == 3 else reconstruction), kl  # epoch 2, z sampled
 
     monkeypatch.setattr(VAE, "elbo_terms", elbo_terms)

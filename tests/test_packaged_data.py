@@ -14,6 +14,7 @@ import pytest
 from tiny_data import command_stderr_lines
 
 from minivae import data
+from minivae.data import lookup
 from minivae.errors import DataError
 from minivae.make_small_dataset import build_subset, first_per_class, main as make_small_dataset
 
@@ -61,15 +62,15 @@ def test_a_damaged_packaged_file_is_refused_naming_it(tmp_path, monkeypatch):
     target = copy / (data.IDX_FILES[2] + ".gz")
     content = bytearray(gzip.decompress(target.read_bytes()))
     content[-1] ^= 1
-    target.write_bytes(gzip.compress(bytes(content)))
-    monkeypatch.setattr(data, "PACKAGED_ROOT", str(tmp_path))
+    target.write_bytes(gzip.compress(bytes(content), compresslevel=1))
+    monkeypatch.setattr(lookup, "PACKAGED_ROOT", str(tmp_path))
     with pytest.raises(DataError, match=rf"{data.IDX_FILES[2]}\.gz: the sha256 of the decompressed bytes .*"
                                         r"reinstall"):
         data.load_dataset(SMALL)
 
 
 def test_a_packaged_dataset_is_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "PACKAGED_ROOT", str(tmp_path))
+    monkeypatch.setattr(lookup, "PACKAGED_ROOT", str(tmp_path))
     with pytest.raises(data.DatasetUnavailable, match="it has no mirror, it ships with minivae; reinstall"):
         data.load_dataset(SMALL)
     assert os.listdir(tmp_path) == []

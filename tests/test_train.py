@@ -172,9 +172,9 @@ def test_static_binarization_trains_on_zeros_and_ones(data_dir, tmp_path, monkey
     seen = []
     loss_and_backward = train.VAE.loss_and_backward
 
-    def spy(self, x, eps=None, kl_weight=1.0):
+    def spy(self, x, eps=None, kl_weight=1.0, checked=False):
         seen.append(np.unique(x))
-        return loss_and_backward(self, x, eps, kl_weight)
+        return loss_and_backward(self, x, eps, kl_weight, checked)
 
     monkeypatch.setattr(train.VAE, "loss_and_backward", spy)
     assert train.main(cli_args(data_dir, tmp_path / "run", "--quiet", "--binarize", "static", epochs=1)) == 0
