@@ -1,5 +1,6 @@
-"""The conv VAE rows (``--architecture conv``): minivae's conv VAE on numpy float32 against the same
-network in PyTorch eager, interleaved, and the share of a profiled minivae pass in im2col / col2im."""
+"""The conv VAE rows (``--architecture conv``): minivae's conv VAE on numpy float32, with its fused
+conv kernels and with the plain xp code, against the same network in PyTorch eager, interleaved,
+and the share of a profiled (fused) minivae pass in im2col / col2im."""
 
 import cProfile
 import pstats
@@ -56,7 +57,8 @@ def conv_torch_loss(torch):
 
 
 def setup_conv(name, batch_size, host_x, args):
-    """A warmed-up Bench for the conv VAE: minivae on numpy float32, or PyTorch eager."""
+    """A warmed-up Bench for the conv VAE: minivae on numpy float32 ("numpy": the fused kernels,
+    "numpy-plain": the plain xp code), or PyTorch eager ("torch")."""
     if name == "torch":
         import torch
 
@@ -68,10 +70,13 @@ def setup_conv(name, batch_size, host_x, args):
         bench = Bench("torch conv", "float32", batch_size, lambda s: torch_epoch(model, optimizer, x, s, torch, loss))
     else:
         backend = get_backend("numpy", dtype="float32", seed=args.seed)
+        if name == "numpy-plain":
+            backend.kernels = None  # before the model is built: its layers read them
         model = conv_vae(backend)
         optimizer = Adam(model.parameters(), lr=1e-3)
         x = backend.to_device(host_x)
-        bench = Bench("numpy conv", "float32", batch_size, lambda s: minivae_epoch(model, optimizer, backend, x, s))
+        bench = Bench(name.replace("-", " ") + " conv", "float32", batch_size,
+                      lambda s: minivae_epoch(model, optimizer, backend, x, s))
     bench.slices, bench.timed_samples = batch_slices(N_SAMPLES, batch_size, args.epochs_fraction)
     bench.epoch(bench.slices[:args.warmup_steps])
     return bench
@@ -101,9 +106,9 @@ def im2col_share(host_x, args):
 
 
 def run_conv(host_x, args):
-    """The conv rows: minivae numpy float32 and PyTorch eager, interleaved repeats, x torch."""
-    names = ["numpy"] + (["torch"] if torch_version() is not None else [])
-    if len(names) == 1:
+    """The conv rows: minivae numpy float32 (fused, plain) and PyTorch eager, interleaved repeats, x torch."""
+    names = ["numpy", "numpy-plain"] + (["torch"] if torch_version() is not None else [])
+    if "torch" not in names:
         print("skipping torch: `import torch` failed (pip install torch==2.13.0)")
     benches = [setup_conv(name, b, host_x, args) for b in args.batch_size for name in names]
     for repeat in range(args.repeats):
