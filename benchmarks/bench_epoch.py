@@ -39,9 +39,10 @@ as ``python -m minivae.train`` does, so that the OPENBLAS_THREAD_TIMEOUT it sets
     python benchmarks/bench_epoch.py --architecture conv      # the conv VAE against the same network in PyTorch
 
 ``--architecture conv`` times the conv VAE (minivae/conv.py: 1 -> 32 -> 64 channels, stride-2 4x4
-convolutions, a Linear head; the decoder mirrors it) on numpy float32 against the same network in
-PyTorch eager (``conv_torch_model``), interleaved, same threads, and reports the share of a minivae
-epoch spent in im2col / col2im (from cProfile of one more pass).
+convolutions, a Linear head; the decoder mirrors it) on numpy float32, with its fused conv kernels
+and with the plain xp code, against the same network in PyTorch eager (``conv_torch_model``),
+interleaved, same threads, and reports the share of a (fused) minivae epoch spent in im2col / col2im
+(from cProfile of one more pass).
 
 The code is cut into the modules of benchmarks/epoch_bench/ (its ``__init__`` lists them); this
 script holds the command line: the thread count, the flags and ``main``.

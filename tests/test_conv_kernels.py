@@ -136,8 +136,8 @@ def test_only_kernels_with_im2col_take_the_fused_path():
     """A backend's kernels are used by the layers when they have ``im2col`` (NumPy's CpuKernels);
     CuPy's (and the device guard's) have none, and a plain backend has no kernels: the xp code runs."""
     backend = get_backend("numpy", dtype="float64")
-    assert isinstance(ConvTranspose2d(1, 2, 3, backend=backend).kernels, ConvKernels)
+    assert isinstance(ConvTranspose2d(1, 2, 3, backend=backend).conv_kernels, ConvKernels)
     backend.kernels = types.SimpleNamespace(relu=None, reparameterize=None)  # like kernels.cuda.build's
-    assert ConvTranspose2d(1, 2, 3, backend=backend).kernels is None
+    assert ConvTranspose2d(1, 2, 3, backend=backend).conv_kernels is None
     backend.kernels = None
-    assert Conv2d(1, 2, 3, backend=backend).kernels is None
+    assert Conv2d(1, 2, 3, backend=backend).conv_kernels is None
