@@ -17,6 +17,12 @@ Written on ``xp`` only (NumPy or CuPy). Inside a layer the images are held pixel
 then each of im2col's kh*kw strided views ``x_pad[i::stride, j::stride]`` has its batch and channels
 contiguous, and the copies run over long rows (6x faster than from NCHW for the conv VAE's second
 layer; col2im 2x). The layers take and return NCHW.
+
+On a NumPy backend with its fused kernels, im2col, col2im (with the bias), the bias of eq. (27) and
+the image <-> rows copies are Numba kernels instead (minivae/kernels/conv_cpu.py, offered by the
+backend's CPU kernels; a layer's ``conv_kernels``, None where the backend has none, as CuPy): one
+pass each, image by image, the rows ordered (b, u, v) rather than (u, v, b). The functions here stay
+the reference the kernels are tested against (tests/test_conv_kernels.py).
 """
 
 import math
@@ -81,31 +87,43 @@ def _from_pixel_rows(rows, batch_size, height, width):
     return rows.reshape(height, width, batch_size, -1).transpose(2, 3, 0, 1)
 
 
-def _im2col_matmul(xp, x, weight_matrix, kernel, stride, padding):
-    """Eq. (27) without the bias: y = cols(x) W_mat, the convolution of x (B, C, H, W) with the
-    kernel ``weight_matrix`` (kh*kw*C, K). Returns (y (B, K, OH, OW), cols (OH*OW*B, kh*kw*C))."""
-    B, _, H, W = x.shape
-    out_size = (conv_output_size(H, kernel[0], stride, padding), conv_output_size(W, kernel[1], stride, padding))
-    cols = im2col(xp, x, kernel, stride, padding, out_size)
-    y = _from_pixel_rows(cols @ weight_matrix, B, *out_size)
-    return y, cols
-
-
-def _matmul_col2im(xp, dy, weight_matrix, image_shape, kernel, stride, padding):
-    """Eq. (29)-(30): col2im(dy_rows W_mat^T), the gradient of the convolution with respect to its
-    input x of ``image_shape`` (B, C, H, W), given dy (B, K, OH, OW) and ``weight_matrix``
-    (kh*kw*C, K). Returns (dx (B, C, H, W), dy_rows (OH*OW*B, K))."""
-    dy_rows = _pixel_rows(dy)
-    dx = col2im(xp, dy_rows @ weight_matrix.T, image_shape, kernel, stride, padding, dy.shape[2:])
-    return dx, dy_rows
-
-
 def _add_bias(xp, y, b):
     """``y + b`` per channel, y (B, K, H, W) and b (K,), into a new C-contiguous array (y may be a
     transposed view)."""
     out = xp.empty(y.shape, dtype=y.dtype)
     xp.add(y, b[:, None, None], out=out)
     return out
+
+
+def _rows(xp, conv_kernels, y):
+    """The image y (B, K, H, W) as one row per pixel (N, K), N = H*W*B: ``_pixel_rows``, or the
+    fused kernels' ``image_rows`` (the same rows in their image-major order)."""
+    return _pixel_rows(y) if conv_kernels is None else conv_kernels.image_rows(y)
+
+
+def _im2col_matmul(xp, conv_kernels, x, weight_matrix, kernel, stride, padding, bias=None):
+    """Eq. (27): y = cols(x) W_mat (+ b), the convolution of x (B, C, H, W) with the kernel
+    ``weight_matrix`` (kh*kw*C, K) and ``bias`` (K,) (None: no bias). ``conv_kernels``: the backend's
+    fused convolution kernels, or None for the plain im2col here.
+    Returns (y (B, K, OH, OW), cols (N, kh*kw*C)), N = OH*OW*B."""
+    B, _, H, W = x.shape
+    out_size = (conv_output_size(H, kernel[0], stride, padding), conv_output_size(W, kernel[1], stride, padding))
+    if conv_kernels is not None:
+        cols = conv_kernels.im2col(x, kernel, stride, padding, out_size)
+        return conv_kernels.rows_to_images(cols @ weight_matrix, bias, B, *out_size), cols
+    cols = im2col(xp, x, kernel, stride, padding, out_size)
+    y = _from_pixel_rows(cols @ weight_matrix, B, *out_size)
+    return (y if bias is None else _add_bias(xp, y, bias)), cols
+
+
+def _matmul_col2im(xp, conv_kernels, dy_rows, weight_matrix, image_shape, kernel, stride, padding, out_size, bias=None):
+    """Eq. (29)-(30): col2im(dy_rows W_mat^T) (+ b), the gradient of the convolution with respect to
+    its input x of ``image_shape`` (B, C, H, W), given the rows ``_rows`` of dy (B, K, OH, OW), with
+    ``out_size`` (OH, OW), and ``weight_matrix`` (kh*kw*C, K); ``bias`` (C,) or None. Returns dx."""
+    if conv_kernels is not None:
+        return conv_kernels.col2im(dy_rows @ weight_matrix.T, image_shape, kernel, stride, padding, out_size, bias)
+    dx = col2im(xp, dy_rows @ weight_matrix.T, image_shape, kernel, stride, padding, out_size)
+    return dx if bias is None else _add_bias(xp, dx, bias)
 
 
 def _pair(value):
@@ -119,6 +137,8 @@ class _Convolution(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, backend, name, weight_shape):
         super().__init__(name)
         self.xp = backend.xp
+        # the backend's fused convolution kernels (minivae/kernels/conv_cpu.py; CPU only), or None: plain xp code
+        self.conv_kernels = backend.kernels if hasattr(backend.kernels, "im2col") else None
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel = _pair(kernel_size)
         self.stride, self.padding = int(stride), int(padding)
@@ -162,9 +182,10 @@ class Conv2d(_Convolution):
         self.needs_input_grad = True
 
     def forward(self, x):
-        y, cols = _im2col_matmul(self.xp, x, self._weight_matrix(), self.kernel, self.stride, self.padding)
+        y, cols = _im2col_matmul(self.xp, self.conv_kernels, x, self._weight_matrix(), self.kernel, self.stride,
+                                 self.padding, self.b.data)
         self._cache = (x.shape, cols)
-        return _add_bias(self.xp, y, self.b.data)
+        return y
 
     def backward(self, dy):
         """Eq. (28)-(30): ``dW_mat = cols^T dy_rows``, ``db = sum dy``, ``dx = col2im(dy_rows W_mat^T)``.
@@ -172,12 +193,12 @@ class Conv2d(_Convolution):
         dy: (B, out, OH, OW) -> dx: (B, in, H, W), or None when ``needs_input_grad`` is False.
         """
         image_shape, cols = self._saved()
-        dy_rows = _pixel_rows(dy)
+        dy_rows = _rows(self.xp, self.conv_kernels, dy)
         self._set_grads(dy_rows, cols, dy)
         if not self.needs_input_grad:
             return None
-        return _matmul_col2im(self.xp, dy, self._weight_matrix(), image_shape, self.kernel, self.stride,
-                              self.padding)[0]
+        return _matmul_col2im(self.xp, self.conv_kernels, dy_rows, self._weight_matrix(), image_shape, self.kernel,
+                              self.stride, self.padding, dy.shape[2:])
 
 
 class ConvTranspose2d(_Convolution):
@@ -197,16 +218,17 @@ class ConvTranspose2d(_Convolution):
         out_size = tuple(transpose_output_size(n, k, self.stride, self.padding) for n, k in zip((H, W), self.kernel))
         if min(out_size) < 1:
             raise ValueError(f"ConvTranspose2d {self.name!r}: input {H}x{W} gives an empty output {out_size}")
-        y, x_rows = _matmul_col2im(self.xp, x, self._weight_matrix(), (B, self.out_channels) + out_size,
-                                   self.kernel, self.stride, self.padding)
+        x_rows = _rows(self.xp, self.conv_kernels, x)
         self._cache = x_rows
-        return _add_bias(self.xp, y, self.b.data)
+        return _matmul_col2im(self.xp, self.conv_kernels, x_rows, self._weight_matrix(), (B, self.out_channels) + out_size,
+                              self.kernel, self.stride, self.padding, (H, W), self.b.data)
 
     def backward(self, dy):
         """Eq. (33): ``dx = im2col(dy) W_mat`` (Conv2d's forward), ``dW_mat = im2col(dy)^T x_rows``,
         ``db = sum dy``. dy: (B, out, OH, OW) -> dx: (B, in, H, W)."""
         x_rows = self._saved()
-        dx, dy_cols = _im2col_matmul(self.xp, dy, self._weight_matrix(), self.kernel, self.stride, self.padding)
+        dx, dy_cols = _im2col_matmul(self.xp, self.conv_kernels, dy, self._weight_matrix(), self.kernel, self.stride,
+                                     self.padding)
         self._set_grads(x_rows, dy_cols, dy)
         return dx
 

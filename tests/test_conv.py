@@ -185,6 +185,14 @@ MUTATION_GEOMETRY = dict(batch_size=2, in_channels=2, out_channels=3, height=7, 
                          padding=1)
 
 
+def plain_backend(seed):
+    """NumPy float64 without its fused kernels: the layers then run the im2col and col2im of conv.py,
+    which the mutations replace (the fused kernels are checked against these in test_conv_kernels.py)."""
+    backend = get_backend("numpy", dtype="float64", seed=seed)
+    backend.kernels = None
+    return backend
+
+
 def flipped_im2col(xp, x, kernel, stride, padding, out_size):
     """im2col reading each window upside down and mirrored: a true convolution, not PyTorch's."""
     C = x.shape[1]
@@ -209,7 +217,7 @@ correct_im2col, correct_col2im = conv.im2col, conv.col2im
 
 
 def test_flipped_kernel_is_caught(monkeypatch):
-    backend = get_backend("numpy", dtype="float64", seed=3)
+    backend = plain_backend(seed=3)
     assert forward_error(Conv2d, backend, MUTATION_GEOMETRY) < 1e-12
     monkeypatch.setattr(conv, "im2col", flipped_im2col)
     assert forward_error(Conv2d, backend, MUTATION_GEOMETRY) > 1e-2
@@ -219,7 +227,7 @@ def test_flipped_kernel_is_caught(monkeypatch):
 def test_col2im_mutations_are_caught(monkeypatch, mutation):
     """A wrong col2im breaks Conv2d's input gradient (finite differences), ConvTranspose2d's forward
     (direct loop) and the adjoint identity; each check alone catches it."""
-    backend = get_backend("numpy", dtype="float64", seed=3)
+    backend = plain_backend(seed=3)
     monkeypatch.setattr(conv, "col2im", mutation)
     rows = conv_check("conv2d", backend, MUTATION_GEOMETRY)
     assert [row.name for row in rows if not row.ok] == ["x"]
@@ -228,7 +236,7 @@ def test_col2im_mutations_are_caught(monkeypatch, mutation):
 
 def test_the_unmutated_geometry_passes():
     """The mutation tests' geometry itself passes every check (so it is the mutation that fails them)."""
-    backend = get_backend("numpy", dtype="float64", seed=3)
+    backend = plain_backend(seed=3)
     for kind in ("conv2d", "conv_transpose2d"):
         assert all(row.ok for row in conv_check(kind, backend, MUTATION_GEOMETRY))
     assert forward_error(ConvTranspose2d, backend, MUTATION_GEOMETRY) < 1e-12

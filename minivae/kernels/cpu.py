@@ -28,6 +28,8 @@ from collections import namedtuple
 import numba
 import numpy as np
 
+from .conv_cpu import ConvKernels
+
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
 
 
@@ -287,8 +289,9 @@ def _common_dtype(*arrays):
     return [a.astype(dtype, copy=False) for a in arrays]
 
 
-class CpuKernels:
-    """The fused kernels of a NumPy backend, run on its row threads (``row_threads``).
+class CpuKernels(ConvKernels):
+    """The fused kernels of a NumPy backend, run on its row threads (``row_threads``); with the
+    convolution kernels of conv_cpu.py (``ConvKernels``).
 
     ``bernoulli_nll_and_grad``, ``reparameterize``, ``kl_terms`` and ``head_gradient`` have the
     names, arguments and results of the CuPy kernels, except that the CPU's sums over a row are done
