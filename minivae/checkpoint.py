@@ -525,6 +525,9 @@ def load_model(path, backend=None):
 
     Raises CheckpointError naming the file and the field when anything does not fit.
     """
+    if os.fspath(path).endswith(".safetensors"):  # weights exported for PyTorch (minivae/safetensors_io.py)
+        from .safetensors_io import load_safetensors
+        return load_safetensors(path, backend)
     file = checkpoint_path(path)
     checkpoint = load_checkpoint(file)
     config_file = os.path.join(os.path.dirname(os.path.abspath(file)), CONFIG_NAME)
