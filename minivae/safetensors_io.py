@@ -174,11 +174,12 @@ def read_weights(path, config=None):
             metadata = handle.metadata() or {}
             header = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
                       for name in handle.keys()}
+            from_shapes = config is None and META_CONFIG not in metadata
             if config is None:
                 config = _file_config(path, metadata, header)
             example_names = uses_example_names(config) and "fc1.weight" in header
             tensors = layout(config, example_names)
-            dtype = _check_header(path, header, tensors, metadata.get(META_DTYPE))
+            dtype = _check_header(path, header, tensors, metadata.get(META_DTYPE), from_shapes)
             arrays = {t.name: handle.get_tensor(t.name) for t in tensors}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); "
@@ -231,9 +232,10 @@ def _config_from_shapes(path, header):
             "activation": "relu", "likelihood": "bernoulli", "variance": 1.0, "n_samples": 1}
 
 
-def _check_header(path, header, tensors, declared):
+def _check_header(path, header, tensors, declared, from_shapes=False):
     """Names, shapes and dtypes of the header against ``tensors``; returns the file's dtype name."""
     expected = {t.name: t.shape for t in tensors}
+    sizes = " (its sizes read from fc1.weight, fc21.weight, fc3.weight)" if from_shapes else ""
     fix = "export the run again with python -m minivae.export, or save the model's state_dict unchanged"
     for name in expected:
         if name not in header:
@@ -246,7 +248,7 @@ def _check_header(path, header, tensors, declared):
     dtype = declared if declared is not None else FILE_DTYPES.get(header[first][1], header[first][1])
     for name, shape in expected.items():
         if header[name][0] != shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {header[name][0]}, this model needs {shape}; {fix}")
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {header[name][0]}, this model{sizes} needs {shape}; {fix}")
         code = header[name][1]
         if FILE_DTYPES.get(code) != dtype:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {code}, minivae reads float32 (F32) or float64 "
