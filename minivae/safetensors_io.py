@@ -32,6 +32,8 @@ import os
 from collections import namedtuple
 
 import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError, safe_open
 
 from . import __version__, checks
 from .backend import get_backend
@@ -133,8 +135,6 @@ def state_dict(model):
 def save_safetensors(model, path, run_settings=None):
     """Write ``model``'s weights to ``path`` (safetensors, atomically), its config, dtype, naming scheme,
     the minivae version and ``run_settings`` (a run's config.json, when given) in the metadata."""
-    import safetensors.numpy
-
     path = os.fspath(path)
     metadata = {META_CONFIG: json.dumps(model.config), META_DTYPE: model.backend.dtype.name,
                 META_NAMES: EXAMPLE_NAMES if uses_example_names(model.config) else SEQUENTIAL_NAMES,
@@ -163,8 +163,6 @@ def read_weights(path, config=None):
     name: NumPy array}`` in minivae's layouts. Raises CheckpointError naming the file and the tensor
     (or metadata field) for a file that cannot be read or does not fit.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such safetensors file; pass a file written by python -m minivae.export "
