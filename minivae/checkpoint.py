@@ -383,13 +383,16 @@ def read_run(path, fix=SAME_RUN):
 
 def load_model(path, backend=None):
     """The trained VAE of a run: ``path`` is a run folder (the ``--out`` of ``minivae.train``) or a
-    checkpoint file. The model is built from the checkpoint's config, checked field by field against
-    the folder's ``config.json`` when there is one (``read_run``), and holds the checkpoint's
-    parameters. ``backend`` defaults to NumPy in the checkpoint's dtype (seed 0; the seed only matters
-    for sampling).
+    checkpoint file, or a ``.safetensors`` file of ``python -m minivae.export`` (or PyTorch's example).
+    The model is built from the checkpoint's config, checked field by field against the folder's
+    ``config.json`` when there is one (``read_run``), and holds the checkpoint's parameters. ``backend``
+    defaults to NumPy in the checkpoint's dtype (seed 0; the seed only matters for sampling).
 
     Raises CheckpointError naming the file and the field when anything does not fit.
     """
+    if os.fspath(path).endswith(".safetensors"):  # weights exported for PyTorch (minivae/safetensors_io.py)
+        from .safetensors_io import load_safetensors
+        return load_safetensors(path, backend)
     checkpoint = read_run(path).checkpoint
     if backend is None:
         backend = get_backend("numpy", dtype=checkpoint.dtype, seed=0)
