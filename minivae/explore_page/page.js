@@ -8,7 +8,8 @@
   const config = data.config, plane = data.plane, points = data.points;
   const J = config.latent_dim, [H, W] = config.image_shape;
   const decode = MinivaeDecoder.makeDecoder(data.decoder, J);
-  window.minivae = { config, decode, plane };
+  // current(): the z the page shows now (a copy)
+  window.minivae = { config, decode, plane, current: () => z.slice() };
 
   const MAX_SLIDERS = 64, FRAMES = 8, PICK_RADIUS = 8;
   const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -202,7 +203,12 @@
     : "The plane through the mean of the test points' posterior means along their two principal directions " +
       "(J = " + J + "); the other directions follow the plane. ") +
     count + " test images of " + points.dataset + ", each drawn at its posterior mean (projected on the plane).";
-  if (data.metrics) fillTable("metrics", Object.entries(data.metrics));
+  const METRIC_NAMES = { epoch: "epoch", test_loss: "-ELBO, z sampled", test_loss_mean: "-ELBO, z = mu",
+    test_reconstruction: "reconstruction NLL", test_kl: "KL(q(z|x) || p(z))" };
+  if (data.metrics) {
+    fillTable("metrics", Object.entries(data.metrics).map(([key, value]) =>
+      [METRIC_NAMES[key] || key, key === "epoch" ? value : value.toFixed(2)]));
+  }
   else fillTable("metrics", [["metrics.csv", "not found in the run folder"]]);
   fillTable("settings", Object.entries(config));
 
