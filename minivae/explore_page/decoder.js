@@ -34,28 +34,37 @@ const MinivaeDecoder = (function () {
 
   // Eq. (32): the transpose convolution of x (C, H, W) with W (C, out, kh, kw), stride s, padding p:
   // y[o, s h - p + i, s w - p + j] += x[c, h, w] W[c, o, i, j], plus b[o]; y is (out, OH, OW) with
-  // OH = (H - 1) s - 2 p + kh (eq. (31)).
+  // OH = (H - 1) s - 2 p + kh (eq. (31)). As minivae/conv.py computes it: one matrix product,
+  // cols[(h, w), (o, i, j)] = sum_c x[c, h, w] W[c, (o, i, j)], then col2im adds each entry of cols to
+  // the output pixel it belongs to (eq. (30)).
   function convTranspose(x, shape, layer) {
     const [C, H, Wd] = shape;
     const [kh, kw] = layer.kernel;
     const { stride: s, padding: p, out, W, b } = layer;
     const OH = (H - 1) * s - 2 * p + kh, OW = (Wd - 1) * s - 2 * p + kw;
+    const pixels = H * Wd, taps = out * kh * kw;
+    const cols = new Float64Array(pixels * taps);
+    for (let c = 0; c < C; c++) {
+      const weights = c * taps;
+      for (let q = 0; q < pixels; q++) {
+        const value = x[c * pixels + q];
+        if (value === 0) continue;
+        const row = q * taps;
+        for (let t = 0; t < taps; t++) cols[row + t] += value * W[weights + t];
+      }
+    }
     const y = new Float64Array(out * OH * OW);
     for (let o = 0; o < out; o++) y.fill(b[o], o * OH * OW, (o + 1) * OH * OW);
-    for (let c = 0; c < C; c++) {
-      for (let h = 0; h < H; h++) {
-        for (let w = 0; w < Wd; w++) {
-          const value = x[(c * H + h) * Wd + w];
-          if (value === 0) continue;
-          for (let o = 0; o < out; o++) {
-            const kernel = (c * out + o) * kh * kw, plane = o * OH * OW;
-            for (let i = 0; i < kh; i++) {
-              const row = s * h - p + i;
-              if (row < 0 || row >= OH) continue;
-              for (let j = 0; j < kw; j++) {
-                const col = s * w - p + j;
-                if (col >= 0 && col < OW) y[plane + row * OW + col] += value * W[kernel + i * kw + j];
-              }
+    for (let h = 0; h < H; h++) {
+      for (let w = 0; w < Wd; w++) {
+        const row = (h * Wd + w) * taps;
+        for (let o = 0; o < out; o++) {
+          for (let i = 0; i < kh; i++) {
+            const oh = s * h - p + i;
+            if (oh < 0 || oh >= OH) continue;
+            for (let j = 0; j < kw; j++) {
+              const ow = s * w - p + j;
+              if (ow >= 0 && ow < OW) y[(o * OH + oh) * OW + ow] += cols[row + (o * kh + i) * kw + j];
             }
           }
         }
