@@ -50,11 +50,15 @@ def connect(environ=None):
     """
     environ = os.environ if environ is None else environ
     try:
-        from mpi4py import MPI
-    except (ImportError, RuntimeError) as error:  # no mpi4py, or no MPI library for it to load
-        raise DistributedError(f"--distributed needs mpi4py with an MPI library ({error}); {INSTALL_HINT}") from None
+        import mpi4py  # noqa: F401  (the package only: MPI itself starts with ``mpi4py.MPI`` below)
+    except ImportError as error:
+        raise DistributedError(f"--distributed needs mpi4py ({error}); {INSTALL_HINT}") from None
     if not any(name in environ for name in LAUNCHER_VARIABLES):
         raise DistributedError(f"--distributed: this process was not started by an MPI launcher; {LAUNCH_HINT}")
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as error:  # mpi4py found no MPI library to load
+        raise DistributedError(f"--distributed: mpi4py cannot load an MPI library ({error}); {INSTALL_HINT}") from None
     comm = Communicator(MPI, MPI.COMM_WORLD)
     if "cupy" not in sys.modules:
         comm.gpu_pinned = _pin_gpu(environ, comm.local_rank)
@@ -192,10 +196,13 @@ class Communicator:
                                    f"rank 0's last complete epoch (resume from it with the same command)")
 
     def abort(self, code):
-        """End every rank now, with exit status ``code`` (MPI_Abort: the launcher stops them all)."""
+        """End every rank now, with exit status ``code`` (MPI_Abort: the launcher stops them all).
+        MPICH's MPI_Abort may return while the launcher is already ending the ranks (seen when two
+        ranks abort at once): this process then ends at once, running no more Python."""
         sys.stdout.flush()
         sys.stderr.flush()
         self.world.Abort(code)
+        os._exit(code)
 
 
 def distributed_step(model, x, eps, comm, kl_weight=1.0):
@@ -237,7 +244,6 @@ def run_ranks(comm, function, *args):
         print(f"minivae: rank {comm.rank} of {comm.size} failed ({type(error).__name__}: "
               f"{' '.join(str(error).split())}); ending all {comm.size} ranks", file=sys.stderr)
         comm.abort(1)
-        raise
     if isinstance(result, int) and not isinstance(result, bool) and result != 0:
         print(f"minivae: rank {comm.rank} of {comm.size} ended with exit status {result}; ending all "
               f"{comm.size} ranks", file=sys.stderr)
