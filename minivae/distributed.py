@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -38,6 +39,7 @@ LAUNCH_HINT = "start the ranks with an MPI launcher: `mpiexec -n N python -m min
 NCCL_HINT = 'install NCCL with `pip install "nvidia-nccl-cu13>=2.27.7,<3"` (nvidia-nccl-cu12 for CUDA 12)'
 # Set in each process by the launchers: MPICH's and Intel MPI's (PMI), Open MPI's, PMIx-based ones (Slurm).
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+ABORT_GRACE_S = 0.5  # how long a failing rank lets its last lines reach the launcher before MPI_Abort
 
 
 def connect(environ=None):
@@ -197,10 +199,15 @@ class Communicator:
 
     def abort(self, code):
         """End every rank now, with exit status ``code`` (MPI_Abort: the launcher stops them all).
-        MPICH's MPI_Abort may return while the launcher is already ending the ranks (seen when two
-        ranks abort at once): this process then ends at once, running no more Python."""
+
+        The launcher forwards each rank's output through a pipe, and an abort right after a print can
+        end the job before the last lines are forwarded (seen with MPICH: the tail of a traceback
+        lost in 2 runs of 12), so this waits ``ABORT_GRACE_S`` first. MPI_Abort may also return
+        while the launcher is already ending the ranks (seen when two ranks abort at once): this
+        process then ends at once, running no more Python."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.world.Abort(code)
         os._exit(code)
 

@@ -71,22 +71,24 @@ def test_one_step_on_two_ranks_gives_the_gradient_of_the_whole_batch(tmp_path):
 
 @pytest.mark.slow
 def test_two_epochs_on_two_ranks_equal_two_epochs_in_one_process(tmp_path):
+    """float32: the parameters to float32 rounding, the losses to 1e-4; float64: both to 1e-12."""
     out = tmp_path / "run.npz"
     code, stderr, _ = _mpiexec("train_loop.py", out)
     assert code == 0, stderr
     ranks = np.load(out)
-    loop = _load_script("train_loop")
-    alone = loop.train(None)
     assert int(ranks["size"]) == RANKS
-    scale = np.max(np.abs(alone["parameters"]))
-    tolerance = 16 * np.finfo(np.float32).eps * scale  # float32 rounding of the summation order
-    assert np.max(np.abs(ranks["parameters"] - alone["parameters"])) <= tolerance
-    initial = loop.tiny_model("float32", seed=loop.SEED, hidden=(12,), latent_dim=3, n_samples=2)
-    moved = np.max(np.abs(alone["parameters"] - initial.buffer.data))
-    assert moved > 1000 * tolerance  # training moved the parameters far more than the tolerance
-    np.testing.assert_allclose(ranks["train"], alone["train"], rtol=1e-4)
-    np.testing.assert_allclose(ranks["test"], alone["test"], rtol=1e-4)
-    assert ranks["train"].shape == (loop.EPOCHS, 3) and ranks["test"].shape == (loop.EPOCHS, 2)
+    loop = _load_script("train_loop")
+    for dtype, parameter_tolerance, loss_tolerance in (("float32", 16 * np.finfo(np.float32).eps, 1e-4),
+                                                      ("float64", 1e-12, 1e-12)):
+        alone = loop.train(None, dtype)
+        scale = np.max(np.abs(alone["parameters"]))
+        assert np.max(np.abs(ranks[f"parameters_{dtype}"] - alone["parameters"])) <= parameter_tolerance * scale
+        initial = loop.tiny_model(dtype, seed=loop.SEED, hidden=(12,), latent_dim=3, n_samples=2)
+        moved = np.max(np.abs(alone["parameters"] - initial.buffer.data))
+        assert moved > 1000 * parameter_tolerance * scale  # training moved them far more than the tolerance
+        np.testing.assert_allclose(ranks[f"train_{dtype}"], alone["train"], rtol=loss_tolerance)
+        np.testing.assert_allclose(ranks[f"test_{dtype}"], alone["test"], rtol=loss_tolerance)
+        assert alone["train"].shape == (loop.EPOCHS, 3) and alone["test"].shape == (loop.EPOCHS, 2)
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
-"""A short training run (Adam, float32, a tiny model and data, 2 epochs of 5 global batches) written
+"""A short training run (Adam, a tiny model and data, 2 epochs of 5 global batches) written
 the way the trainer runs it: one process (``comm`` None: ``model.loss_and_backward(x)`` draws eps
 itself) or data-parallel (every rank draws the global batch's eps and takes its shard:
 ``distributed_step``); the test sums split across ranks and reduced; the parameters compared across
-ranks after each epoch. Under ``mpiexec -n N`` rank 0 saves what it saw to the .npz path given as
-the first argument; with a second argument "kill-rank-1" rank 1 kills itself (SIGKILL) in epoch 2,
+ranks after each epoch. Under ``mpiexec -n N`` rank 0 saves what it saw, in float32 and in float64
+(keys ending in _float32, _float64), to the .npz path given as the first argument; with a second argument "kill-rank-1" rank 1 kills itself (SIGKILL) in epoch 2,
 with "raise-rank-1" it raises an exception there."""
 
 import os
@@ -19,10 +19,10 @@ from minivae.optim import Adam
 TRAIN_ROWS, TEST_ROWS, BATCH, EVAL_CHUNK, EPOCHS, SEED = 37, 13, 8, 5, 2, 5
 
 
-def train(comm, mode=""):
+def train(comm, dtype="float32", mode=""):
     """{"parameters": the flat parameters after the run, "train": per-epoch (reconstruction, KL,
     total) sums, "test": per-epoch test sums}, float64 host arrays."""
-    model = tiny_model("float32", seed=SEED, hidden=(12,), latent_dim=3, n_samples=2)
+    model = tiny_model(dtype, seed=SEED, hidden=(12,), latent_dim=3, n_samples=2)
     backend = model.backend
     optimizer = Adam(model.parameters(), lr=1e-2)
     train_x, test_x = backend.to_device(tiny_data(TRAIN_ROWS)), backend.to_device(tiny_data(TEST_ROWS, seed=12))
@@ -66,9 +66,10 @@ def test_loss_sums(model, test_x, epoch, comm):
 
 
 def main(comm, out, mode=""):
-    result = train(comm, mode)
+    results = {f"{key}_{dtype}": value for dtype in ("float32", "float64")
+               for key, value in train(comm, dtype, mode).items()}
     if comm.is_root:
-        np.savez(out, size=comm.size, **result)
+        np.savez(out, size=comm.size, **results)
     return 0
 
 
