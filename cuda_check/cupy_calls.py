@@ -27,6 +27,7 @@ import re
 from collections import namedtuple
 
 import cupy
+import cupy.cuda.nccl  # noqa: F401  (CuPy loads it only when asked; minivae/distributed.py calls xp.cuda.nccl.*)
 import cupyx.scipy.special
 import numpy
 

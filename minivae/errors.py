@@ -24,3 +24,8 @@ class CheckpointError(MinivaeError):
 
 class NumericalError(MinivaeError):
     """A loss or gradient became NaN or infinite."""
+
+
+class DistributedError(MinivaeError):
+    """Data-parallel training cannot start (no mpi4py, no MPI launcher, no NCCL, ranks set up
+    differently), or its ranks no longer hold the same parameters."""
