@@ -25,8 +25,8 @@ from tiny_data import cli_args, write_dataset
 # (-m slow). `ci`: both tiers when CI is set, so CI tries more examples than any local run.
 # `thorough`: for hunting rare failures by hand: pytest --hypothesis-profile=thorough
 _QUIET = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fast", max_examples=5, **_QUIET)
-settings.register_profile("dev", max_examples=10, **_QUIET)
+settings.register_profile("fast", max_examples=10, **_QUIET)
+settings.register_profile("dev", max_examples=25, **_QUIET)
 settings.register_profile("ci", max_examples=50, **_QUIET)
 settings.register_profile("thorough", max_examples=1000, **_QUIET)
 settings.load_profile("ci" if os.environ.get("CI") else "fast")
