@@ -23,7 +23,7 @@ import types
 import numpy as np
 import scipy.special
 
-from minivae.backend import Backend
+from minivae.backend import Backend, get_backend
 
 # Every explicit copy between host and device, counted, so a test can bound them.
 TRANSFERS = collections.Counter()
@@ -287,3 +287,16 @@ class GuardBackend(Backend):
 
     def with_seed(self, seed):
         return GuardBackend(self.dtype.name, seed, fused=self.kernels is not None)
+
+
+def backend_by_name(name):
+    """``make(dtype="float64", seed=0)``: a new backend of that name (numpy, device-guard,
+    device-guard-fused or cupy); ``make.name`` is the name."""
+
+    def make(dtype="float64", seed=0):
+        if name.startswith("device-guard"):
+            return GuardBackend(dtype=dtype, seed=seed, fused=name.endswith("fused"))
+        return get_backend(name, dtype=dtype, seed=seed)
+
+    make.name = name
+    return make

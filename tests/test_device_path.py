@@ -11,27 +11,16 @@ import pytest
 import device_guard
 from minivae import train
 from minivae.backend import get_backend
-from minivae.data import IDX_FILES, write_idx
 
 
-def _tiny_idx_dataset(folder, n_train=96, n_test=32, shape=(6, 5)):
-    folder.mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    prototypes = rng.integers(0, 256, (3,) + shape)
-    for (images, labels), n in zip([IDX_FILES[:2], IDX_FILES[2:]], [n_train, n_test]):
-        label = rng.integers(0, 3, n)
-        write_idx(folder / images, prototypes[label].astype(np.uint8))
-        write_idx(folder / labels, label.astype(np.uint8))
-    return folder
-
-
-def _train(tmp_path, out, backend_factory, monkeypatch, extra_flags=()):
+def _train(data_dir, out, backend_factory, monkeypatch, extra_flags=()):
+    """A 2-epoch run on ``data_dir`` (tiny_data's default: 128 + 32 images of 8x8) into ``out``."""
     monkeypatch.setattr(train, "get_backend", backend_factory)
-    flags = ["--data-dir", str(_tiny_idx_dataset(tmp_path / "data")), "--out", str(tmp_path / out), "--epochs", "2",
+    flags = ["--data-dir", str(data_dir), "--out", str(out), "--epochs", "2",
              "--batch-size", "16", "--hidden", "12", "--latent-dim", "2", "--log-interval", "2", "--quiet",
              *extra_flags]
     assert train.main(flags) == 0
-    return tmp_path / out
+    return out
 
 
 def _guard_backend(name, dtype, seed):
@@ -39,10 +28,10 @@ def _guard_backend(name, dtype, seed):
 
 
 @pytest.mark.filterwarnings("ignore:MINIVAE_KERNELS=plain")
-def test_training_on_the_device_guard_matches_numpy_bit_for_bit(tmp_path, monkeypatch):
+def test_training_on_the_device_guard_matches_numpy_bit_for_bit(tiny_data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVAE_KERNELS", "plain")  # the guard runs the plain xp code: so must NumPy here
-    guard_out = _train(tmp_path, "guard", _guard_backend, monkeypatch, ["--binarize", "dynamic"])
-    numpy_out = _train(tmp_path, "numpy", get_backend, monkeypatch, ["--binarize", "dynamic"])
+    guard_out = _train(tiny_data_dir, tmp_path / "guard", _guard_backend, monkeypatch, ["--binarize", "dynamic"])
+    numpy_out = _train(tiny_data_dir, tmp_path / "numpy", get_backend, monkeypatch, ["--binarize", "dynamic"])
     for out in (guard_out, numpy_out):
         for name in ("checkpoint.npz", "metrics.csv", "loss.png", "sample_2.png", "reconstruction_2.png",
                      "manifold.png", "latent_scatter.png"):
@@ -57,15 +46,18 @@ def test_training_on_the_device_guard_matches_numpy_bit_for_bit(tmp_path, monkey
                 assert (a[key] == b[key]).all(), key
 
 
-def test_resume_on_the_device_guard(tmp_path, monkeypatch):
-    out = _train(tmp_path, "run", _guard_backend, monkeypatch)
+@pytest.mark.pictures  # the one in-process run that draws its PNGs for real: matplotlib gets host arrays
+def test_resume_on_the_device_guard(tiny_data_dir, tmp_path, monkeypatch):
+    out = _train(tiny_data_dir, tmp_path / "run", _guard_backend, monkeypatch)
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 2
     assert train.main(["--resume", str(out), "--epochs", "3", "--quiet"]) == 0
-    assert (out / "sample_3.png").is_file()
+    for name in ("sample_3.png", "reconstruction_3.png", "loss.png", "manifold.png", "latent_scatter.png"):
+        header = (out / name).read_bytes()[:24]  # the PNG signature, then the IHDR chunk: width, height
+        assert header.startswith(b"\x89PNG") and int.from_bytes(header[16:20], "big") > 100, name  # drawn, not stubbed
 
 
-def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(tmp_path, monkeypatch):
+def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(tiny_data_dir, tmp_path, monkeypatch):
     counts = []
     original = train.Trainer._train
 
@@ -76,8 +68,9 @@ def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(tm
         return result
 
     monkeypatch.setattr(train.Trainer, "_train", counted)
-    _train(tmp_path, "run", _guard_backend, monkeypatch)
-    steps = math.ceil(96 / 16)
+    _train(tiny_data_dir, tmp_path / "run", _guard_backend, monkeypatch)
+    steps = math.ceil(128 / 16)
+    assert len(counts) == 2  # one per epoch
     for count in counts:
         assert count.get("to_device", 0) == 0
         # one read of the step losses per --log-interval (2 steps), and the epoch's sums

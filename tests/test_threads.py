@@ -185,6 +185,7 @@ def test_a_default_training_step_is_the_same_bits_on_one_and_two_threads():
     assert np.array_equal(results[0][1], results[1][1])
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize("preset, expected", [(None, "18"), ("7", "7")])
 def test_importing_minivae_sets_the_openblas_thread_timeout_unless_set(preset, expected):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
