@@ -41,7 +41,8 @@ from .conv import KERNEL, check_image_shape
 from .errors import CheckpointError
 from .fileio import atomic_write
 from .likelihoods import LEARNED
-from .model import CONFIG_RULES, VAE
+from .model import VAE
+from .settings import MODEL_RULES
 
 SUFFIX = ".safetensors"
 EXAMPLE_NAMES, SEQUENTIAL_NAMES = "pytorch-example", "sequential"
@@ -195,7 +196,7 @@ def _file_config(path, metadata, header):
         raise CheckpointError(f"{path}: metadata {META_CONFIG} is not JSON ({exc}); export the run again") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: metadata {META_CONFIG} is not a JSON object; export the run again")
-    problem = checks.first_problem(config, CONFIG_RULES, REQUIRED_FIELDS)
+    problem = checks.first_problem(config, MODEL_RULES, REQUIRED_FIELDS)
     if problem is None and config.get("architecture") == "conv":
         problem = checks.first_problem(config, {"image_shape": checks.list_of(checks.positive_int),
                                                 "channels": checks.list_of(checks.positive_int)},

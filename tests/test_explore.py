@@ -17,6 +17,7 @@ from scipy.special import ndtri
 
 import browser
 from minivae import VAE, get_backend, load_model
+from minivae import settings as run_settings
 from minivae.checkpoint import save_checkpoint
 from minivae.explore import DEFAULT_POINTS, build_page, latent_plane, main
 from minivae.optim import Adam
@@ -44,9 +45,10 @@ def make_run(folder, architecture="mlp", likelihood="bernoulli", variance=1.0, l
     run = folder / "run"
     run.mkdir()
     save_checkpoint(run / "checkpoint.npz", model, Adam(model.parameters()), epoch=1)
-    settings = {"dataset": "mnist", "data_dir": str(data), "binarize": "none", "seed": 1, "latent_dim": latent_dim,
-                "activation": "relu", "likelihood": likelihood, "variance": variance, "architecture": architecture,
-                "hidden": [16], "epochs": 1, "version": "0.1.0"}
+    settings = run_settings.used({
+        **run_settings.defaults(run_settings.RUN_SETTINGS), "dataset": None, "data_dir": str(data), "seed": 1,
+        "latent_dim": latent_dim, "likelihood": likelihood, "variance": variance, "architecture": architecture,
+        "hidden": [16], "channels": [4, 8], "epochs": 1, "version": "0.1.0"})
     (run / "config.json").write_text(json.dumps(settings))
     (run / "metrics.csv").write_text("epoch,train_loss,test_loss,test_loss_mean,test_reconstruction,test_kl\n"
                                      "1,50.5,48.25,47.0,40.0,8.25\n")

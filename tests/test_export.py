@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 import minivae
 from minivae import safetensors_io
+from minivae import settings as run_settings
 from minivae.backend import numpy_backend
 from minivae.checkpoint import save_checkpoint
 from minivae.errors import CheckpointError
@@ -286,7 +287,9 @@ def run_folder(tmp_path):
     """A run folder as minivae.train leaves it: checkpoint.npz and config.json."""
     model = model_of(seed=8)
     save_checkpoint(str(tmp_path / "checkpoint.npz"), model, Adam(model.parameters()), epoch=1)
-    settings = {"latent_dim": 3, "hidden": [5], "activation": "relu", "likelihood": "bernoulli", "epochs": 1}
+    settings = json.loads(json.dumps(run_settings.used(run_settings.defaults(
+        run_settings.RUN_SETTINGS, latent_dim=3, hidden=[5], likelihood="bernoulli", epochs=1,
+        dataset="fashion-mnist-small"))))
     (tmp_path / "config.json").write_text(json.dumps(settings))
     return model, settings
 
