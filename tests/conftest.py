@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from device_guard import backend_by_name
-from minivae import plots, train
+from minivae import plots
 from minivae.backend import cupy_unavailable_reason
 from minivae.fileio import atomic_write
-from tiny_data import cli_args, write_dataset
+from tiny_data import write_dataset
 
 # Hypothesis profiles, all without a deadline (shared 2-core runners time erratically).
 # `fast`: the default tier on a developer's machine (the README's command). `dev`: the slow tier there
@@ -114,12 +114,3 @@ def _real_pictures_where_tested(request, _no_drawing, monkeypatch):
 def tiny_data_dir(tmp_path_factory):
     """The default tiny dataset of tests/tiny_data.py (128 + 32 images of 8x8), written once. Read only."""
     return write_dataset(tmp_path_factory.mktemp("tiny") / "data")
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tiny_data_dir, tmp_path_factory):
-    """A finished 2-epoch quiet run (tiny_data.cli_args' defaults) on ``tiny_data_dir``, trained once.
-    Read only: a test that resumes or breaks it works on a copy (shutil.copytree)."""
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    assert train.main(cli_args(tiny_data_dir, out, "--quiet")) == 0
-    return out
