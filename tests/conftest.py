@@ -1,5 +1,5 @@
 """Shared test set-up: the two tiers, Hypothesis profiles, the backend fixture every test body runs on,
-pictures drawn only where they are tested, and session-wide tiny datasets and runs.
+pictures drawn only where they are tested, and a session-wide tiny dataset.
 
 Tiers: ``python -m pytest -q`` (the README's command) deselects the tests marked ``slow`` (setup.cfg's
 addopts) and runs in about a minute on two cores; ``python -m pytest -q -m slow`` runs the rest. CI
