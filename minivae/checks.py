@@ -42,6 +42,10 @@ def below_one(value):
     return None if _is_real(value) and 0 <= value < 1 else "must be a number in [0, 1)"
 
 
+def open_fraction(value):
+    return None if _is_real(value) and 0 < value < 1 else "must be a number in (0, 1)"
+
+
 def text(value):
     return None if isinstance(value, str) else "must be a string"
 

@@ -102,8 +102,11 @@ def refuse_unused(values, given):
 
 def dataset_label(dataset, name):
     """How a message names a loaded dataset: by its name and folder when the run named one (``name``,
-    its dataset setting), else (``--data-dir`` alone, files read with MNIST's names) by the folder."""
-    return f"{dataset.name} ({dataset.source})" if name else f"the IDX files in {dataset.source}"
+    its dataset setting), else by the folder (``--data-dir`` alone, files read with MNIST's names) or the
+    file (``--data-file``)."""
+    if name:
+        return f"{dataset.name} ({dataset.source})"
+    return f"the IDX files in {dataset.source}" if os.path.isdir(dataset.source) else dataset.source
 
 
 class Parser(argparse.ArgumentParser):

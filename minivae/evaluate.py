@@ -27,7 +27,7 @@ from . import __version__
 from .backend import get_backend
 from .checkpoint import model_from_checkpoint, read_run
 from .cli import Parser, add_output_flags, add_setting_flags, dataset_label, positive_int, run_command, setting_values
-from .data import binarize_dataset, load_dataset, resolve_default_dataset
+from .data import load_run_data
 from .errors import DataError, NumericalError
 from .fileio import atomic_write
 from .estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
@@ -154,20 +154,20 @@ def _load_test_set(args, path, saved, log):
     --dataset / --data-dir, or else the run's (``saved.settings``), with the test set binarized exactly as
     training binarized it (one fixed draw, seeded by the run's seed)."""
     settings = saved.settings
-    name = args.dataset or settings.get("dataset")
-    data_dir = args.data_dir or (settings.get("data_dir") if args.dataset is None else None)
-    if name is None and data_dir is None:
+    if args.dataset is not None or args.data_dir is not None:  # the command line names the data instead
+        settings = {"dataset": args.dataset or settings.get("dataset"),
+                    "data_dir": args.data_dir or (settings.get("data_dir") if args.dataset is None else None),
+                    "binarize": settings.get("binarize", "none"), "seed": settings.get("seed", 1)}
+    name = settings.get("dataset")
+    if name is None and settings.get("data_dir") is None and settings.get("data_file") is None:
         raise DataError(f"{path}: the run's settings do not name its dataset; pass --dataset (and --data-dir)")
-    download = not args.no_download
-    dataset = (load_dataset(name, data_dir=data_dir, download=download, log=log) if name is not None else
-               resolve_default_dataset(data_dir=data_dir, download=download, log=log))
+    dataset = load_run_data(settings, download=not args.no_download, log=log)
     trained_on, here = saved.checkpoint.config.get("input_dim"), dataset.test_x.shape[1]
     if trained_on != here:
         height, width = dataset.image_shape
         raise DataError(f"{path} was trained on data of {trained_on} values per point, but "
                         f"{dataset_label(dataset, name)} holds {height}x{width} = {here} pixels per image; pass "
                         f"the --dataset or --data-dir the run was trained on")
-    binarize_dataset(dataset, settings.get("binarize", "none"), settings.get("seed", 1))  # none saved: the defaults
     return dataset, name
 
 

@@ -29,7 +29,7 @@ from scipy.special import ndtri
 from .checkpoint import CONFIG_NAME, checkpoint_path, load_model, read_run_settings
 from .cli import Parser, add_output_flags, positive_int, run_command
 from .conv import ConvTranspose2d, Reshape
-from .data import binarize_dataset, load_dataset, resolve_default_dataset
+from .data import load_run_data
 from .errors import DataError, MinivaeError
 from .fileio import atomic_write
 from .layers import Linear, ReLU, Sigmoid, Tanh
@@ -164,16 +164,13 @@ def test_points(model, settings, folder, count, download, log):
     """``count`` test images of the run's dataset (read as minivae.evaluate reads it: binarized as
     training binarized it), a fixed draw spread over the whole test set: their posterior means
     (count, J) (eq. (4)), the images as uint8 (base64), their labels and the class names."""
-    name, data_dir = settings.get("dataset"), settings.get("data_dir")
-    if name is None and data_dir is None:
+    if all(settings.get(name) is None for name in ("dataset", "data_dir", "data_file")):
         raise DataError(f"{os.path.join(folder, CONFIG_NAME)}: the run's settings do not name its dataset; "
                         f"the explorer draws that dataset's test images")
-    dataset = (load_dataset(name, data_dir=data_dir, download=download, log=log) if name is not None else
-               resolve_default_dataset(data_dir=data_dir, download=download, log=log))  # a --data-dir of IDX files
+    dataset = load_run_data(settings, download=download, log=log)
     if dataset.test_x.shape[1] != model.config["input_dim"]:
         raise DataError(f"{dataset.source}: its images have {dataset.test_x.shape[1]} values, the run's model "
                         f"{model.config['input_dim']}; the run's config.json must name the data it trained on")
-    binarize_dataset(dataset, settings.get("binarize", "none"), settings.get("seed", 1))
     total = dataset.test_x.shape[0]
     pick = np.sort(np.random.default_rng(POINT_SEED).choice(total, size=min(count, total), replace=False))
     x = dataset.test_x[pick]

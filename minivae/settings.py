@@ -56,6 +56,7 @@ class Setting:
     architectures: tuple = ARCHITECTURES  # the models that use it
     likelihoods: tuple = LIKELIHOODS
     objectives: tuple = OBJECTIVES
+    needs: str = None             # used only when this other setting is given (not None)
     purpose: str = ""             # what it does, for the line refusing it where it is not used
 
     @property
@@ -100,6 +101,13 @@ SETTINGS = {setting.name: setting for setting in (
                          "fashion-mnist-small, which ships with minivae; with --data-dir alone: the IDX files there"),
     Setting("data_dir", checks.text, None, nullable=True, resumable=True, metavar="DIR",
             help="folder holding the dataset's files (IDX files with MNIST's names, or frey_rawface.mat)"),
+    Setting("data_file", checks.text, None, nullable=True, added_later=True, metavar="FILE",
+            help="train on your own arrays: a .npz (fields x, optional y, x_test, y_test) or a .npy of images "
+                 "(N, H, W) or rows (N, D), uint8 0..255 or floats in [0, 1] (minivae/data/arrays.py)"),
+    Setting("test_fraction", checks.open_fraction, None, convert=float, nullable=True, added_later=True,
+            needs="data_file", default_text="0.1, when the file holds no x_test",
+            help="share of --data-file's x held out as the test set (drawn with --seed)",
+            purpose="holds out a test set from --data-file's arrays"),
     Setting("binarize", checks.one_of(_binarize_modes), "none", choices=_binarize_modes,
             help="pixels as they are (none), one fixed Bernoulli draw (static), a fresh draw every epoch (dynamic)"),
     # where and how it computes
@@ -111,6 +119,9 @@ SETTINGS = {setting.name: setting for setting in (
     Setting("epochs", checks.positive_int, 10, convert=int, resumable=True, help="total number of epochs"),
     Setting("batch_size", checks.positive_int, 128, convert=int, memory=True, help="batch size"),
     Setting("lr", checks.positive_number, 1e-3, convert=float, hyperparameter=True, help="Adam's learning rate"),
+    Setting("init_from", checks.text, None, nullable=True, added_later=True, metavar="FILE",
+            help="start from the weights of a safetensors file (python -m minivae.export, or the PyTorch "
+                 "example's state dict); its tensors must fit the model the other flags describe"),
     # the model
     Setting("input_dim", checks.positive_int, 784, convert=int, model=True, recorded=False, architectures=_MLP,
             help="D, values per data point", purpose="sets D, the values per data point (the conv VAE's is "
@@ -198,6 +209,8 @@ def uses(values, name):
     deciding setting that ``values`` lacks or leaves None (a likelihood still to come from the dataset)
     rules nothing out."""
     setting = SETTINGS[name]
+    if setting.needs is not None and values.get(setting.needs) is None:
+        return False
     return all(values.get(field) is None or values[field] in getattr(setting, attribute)
                for field, attribute in _DECIDED_BY)
 
@@ -208,6 +221,9 @@ def unused(values, given):
     ways out."""
     for name in given:
         setting = SETTINGS[name]
+        if setting.needs is not None and values.get(setting.needs) is None:
+            return f"{setting.option} {setting.purpose}, which only {option(setting.needs)} has: drop {setting.option}, " \
+                   f"or pass {option(setting.needs)} {SETTINGS[setting.needs].metavar}"
         for field, attribute in _DECIDED_BY:
             chosen, allowed = values.get(field), getattr(setting, attribute)
             if chosen is not None and chosen not in allowed:

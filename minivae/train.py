@@ -20,10 +20,10 @@ from . import __version__, plots
 from . import settings as table
 from .backend import get_backend
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
-from .cli import (Parser, add_output_flags, add_setting_flags, dataset_label, given_settings,
+from .cli import (Parser, UsageError, add_output_flags, add_setting_flags, dataset_label, given_settings,
                   positive_int, refuse_unused, run_command)
 from .conv import check_image_shape
-from .data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
+from .data import DATASETS, load_run_data
 from .errors import CheckpointError, MinivaeError, NumericalError
 from .fileio import atomic_write
 from .interrupts import check_interrupt, deferred_interrupts
@@ -31,6 +31,7 @@ from .model import VAE
 from .objectives import kl_weight_at
 from .optim import Adam
 from .run_folder import merge, opened
+from .safetensors_io import init_from, read_weights
 
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
@@ -41,9 +42,9 @@ METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "t
 EVAL_BATCH_SIZE = 1000
 RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype float64"
 
-SETTINGS = ("dataset", "data_dir", "backend", "dtype", "epochs", "batch_size", "lr", "latent_dim", "n_samples",
+SETTINGS = ("dataset", "data_dir", "data_file", "test_fraction", "backend", "dtype", "epochs", "batch_size", "lr", "latent_dim", "n_samples",
             "hidden", "decoder_hidden", "architecture", "channels", "activation", "likelihood", "variance",
-            "objective", "beta", "kl_warmup", "binarize", "seed")
+            "objective", "beta", "kl_warmup", "binarize", "seed", "init_from")
 """The settings of a run (minivae/settings.py), in the order of ``--help``: the classic PyTorch example's
 defaults where it has one. Those not given take their defaults (or, with --resume, the saved run's)."""
 DEFAULTS = table.defaults(SETTINGS)
@@ -93,16 +94,23 @@ def run(args):
     log = (lambda message: None) if args.quiet else print
     out = args.resume if args.resume else args.out
     given = given_settings(args, SETTINGS)
-    if args.data_dir:
-        given["data_dir"] = os.path.abspath(args.data_dir)  # a resume may run from another folder
+    for name in ("data_dir", "data_file", "init_from"):  # a resume may run from another folder
+        if name in given:
+            given[name] = os.path.abspath(given[name])
     if not args.resume:  # before anything is created: what the command line alone rules out
+        _refuse_conflicts(given)
         dataset = given.get("dataset")
         refuse_unused({**DEFAULTS, **given, "likelihood": given.get("likelihood") or (
             DATASETS[dataset].likelihood_hint if dataset else None)}, given)
+        if "init_from" in given:
+            read_weights(given["init_from"])  # a file that cannot be read is refused before --out is made
+    elif "init_from" in given:
+        raise UsageError(f"--init-from starts a new run from a file's weights, and --resume {args.resume} "
+                         f"continues a run from its checkpoint: drop one of them")
     with opened(out, resuming=bool(args.resume)) as saved:
         settings = merge(given, saved, SETTINGS, args.resume)
         dataset = _load_data(settings, args, log)
-        if settings["dataset"] is None and settings["data_dir"] is None:
+        if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
             settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)
         if settings["likelihood"] is None:
             settings["likelihood"] = dataset.likelihood_hint
@@ -110,6 +118,9 @@ def run(args):
         settings = table.used(settings)
         backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
         model = _build_model(settings, dataset, backend)
+        if settings["init_from"] is not None and not args.resume:
+            init_from(model, settings["init_from"])  # a tensor that does not fit: refused before config.json
+            log(f"starting from the weights of {settings['init_from']}")
         optimizer = Adam(model.parameters(), lr=settings["lr"])
         history, first_epoch = _resume_state(out, model, optimizer, dataset, log) if args.resume else ([], 1)
         done = first_epoch - 1
@@ -133,17 +144,20 @@ def run(args):
         return history
 
 
+def _refuse_conflicts(given):
+    """UsageError for two flags that each name the data: --data-file with --dataset or --data-dir."""
+    if "data_file" in given:
+        for name in ("dataset", "data_dir"):
+            if name in given:
+                raise UsageError(f"--data-file names the data, and so does {table.option(name)}: drop one of them")
+
+
 def _load_data(settings, args, log):
-    download = not args.no_download
-    if settings["dataset"] is None:
-        dataset = resolve_default_dataset(data_dir=settings["data_dir"], download=download, log=log)
-    else:
-        dataset = load_dataset(settings["dataset"], data_dir=settings["data_dir"], download=download, log=log)
+    dataset = load_run_data(settings, download=not args.no_download, log=log)
     n_train = dataset.train_x.shape[0]
     if settings["batch_size"] > n_train:
         raise MinivaeError(f"--batch-size {settings['batch_size']} is larger than the {n_train} training examples "
                            f"of {dataset_label(dataset, settings['dataset'])}; pass --batch-size {n_train} or less")
-    binarize_dataset(dataset, settings["binarize"], settings["seed"])
     return dataset
 
 

@@ -172,7 +172,7 @@ def test_migrate_is_the_one_place_for_old_files():
            "likelihood": "bernoulli", "latent_dim": 2, "version": "0.1.0"}
     assert migrate("config.json", old) == {"n_samples": 3, "architecture": "conv", "likelihood": "bernoulli",
                                            "latent_dim": 2, "version": "0.1.0", "objective": "elbo", "beta": 1.0,
-                                           "kl_warmup": 0, "channels": [32, 64]}
+                                           "kl_warmup": 0, "channels": [32, 64], "data_file": None, "init_from": None}
     state = {"hyperparameters": {"beta1": 0.9, "beta2": 0.999}, "m_sum": {"w": np.full(2, 10.0, np.float32)},
              "v_sum": {"w": np.full(2, 1000.0, np.float32)}}
     assert migrate("checkpoint.npz", optimizer_state=state) is None

@@ -16,6 +16,8 @@ import os
 
 from minivae.errors import DataError
 
+from .arrays import load_array_dataset
+from .binarize import binarize_dataset
 from .fetch import download_files
 from .frey import load_frey
 from .idx import load_idx_folder
@@ -44,6 +46,23 @@ class DatasetUnavailable(DataError):
         attempts = "\n".join("  - " + line for line in self.tried)
         ways_out = WAYS_OUT.format(files=", ".join(files), names=", ".join(DATASETS))
         super().__init__(f"{headline}. Tried:\n{attempts}\n{ways_out}")
+
+
+def load_run_data(settings, download=True, log=print):
+    """The data of the run that ``settings`` (a dict of minivae/settings.py's names) describes, binarized
+    as training binarizes it (``binarize``, seeded by ``seed``): the arrays of ``data_file`` (with
+    ``test_fraction``), else the dataset ``dataset`` (in ``data_dir`` when one is given), else the
+    default dataset (with ``data_dir`` alone: the IDX files there). The one loader of train, evaluate
+    and explore, so that each reads a run's data the same way."""
+    seed = settings.get("seed", 1)
+    if settings.get("data_file") is not None:
+        dataset = load_array_dataset(settings["data_file"], settings.get("test_fraction"), seed)
+    elif settings.get("dataset") is not None:
+        dataset = load_dataset(settings["dataset"], data_dir=settings.get("data_dir"), download=download, log=log)
+    else:
+        dataset = resolve_default_dataset(data_dir=settings.get("data_dir"), download=download, log=log)
+    binarize_dataset(dataset, settings.get("binarize", "none"), seed)
+    return dataset
 
 
 def load_dataset(name, data_dir=None, download=True, log=print, system_dirs=None, timeout=5.0, retries=1,

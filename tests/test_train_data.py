@@ -1,0 +1,140 @@
+"""``python -m minivae.train --data-file`` (your own arrays) and ``--init-from`` (a safetensors file's
+weights), in this process through ``train.main`` (issue 24, items 2 and 4); evaluate and explore read
+such a run's data through the same loader (``minivae.data.load_run_data``)."""
+
+import json
+
+import numpy as np
+import pytest
+from tiny_data import images_and_labels
+
+from minivae import evaluate, explore, export, load_model, train
+from minivae.checkpoint import load_checkpoint
+from minivae.safetensors_io import read_weights
+
+SMALL = ["--epochs", "1", "--batch-size", "16", "--hidden", "16", "--latent-dim", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory):
+    """A .npz of 96 training and 32 test 8x8 uint8 images with labels, and a .npy of 80 rows of 12 floats."""
+    folder = tmp_path_factory.mktemp("arrays")
+    x, y = images_and_labels(96, seed=1)
+    x_test, y_test = images_and_labels(32, seed=2)
+    np.savez(folder / "images.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    np.save(folder / "rows.npy", np.random.default_rng(3).random((80, 12)).astype(np.float32))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def array_run(arrays, tmp_path_factory):
+    """A 1-epoch run on images.npz."""
+    out = tmp_path_factory.mktemp("array_run") / "run"
+    assert train.main(["--data-file", str(arrays / "images.npz"), "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_a_npz_of_images_trains_records_the_file_and_resumes(array_run, arrays):
+    config = json.loads((array_run / "config.json").read_text())
+    assert config["data_file"] == str(arrays / "images.npz")  # absolute: a resume may start elsewhere
+    assert config["dataset"] is None and config["test_fraction"] is None
+    assert load_model(array_run).config["input_dim"] == 64
+    assert train.main(["--resume", str(array_run), "--epochs", "2", "--quiet"]) == 0
+    assert load_checkpoint(array_run / "checkpoint.npz").epoch == 2
+
+
+def test_rows_of_a_npy_hold_out_the_test_fraction(arrays, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(["--data-file", str(arrays / "rows.npy"), "--test-fraction", "0.25", "--out", str(out),
+                       *SMALL]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["test_fraction"] == 0.25
+    assert load_model(out).config["input_dim"] == 12
+
+
+def test_evaluate_and_explore_read_the_run_s_arrays(array_run, capsys):
+    assert evaluate.main([str(array_run), "--iw-samples", "2", "--quiet"]) == 0
+    result = json.loads((array_run / "evaluation.json").read_text())
+    assert result["test_points"] == 32
+    page = array_run / "explorer.html"
+    assert explore.main([str(array_run), "--out", str(page)]) == 0
+    assert page.stat().st_size > 0
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--dataset", "fashion-mnist-small"], "--data-file names the data, and so does --dataset"),
+    (["--data-dir", "."], "--data-file names the data, and so does --data-dir"),
+])
+def test_data_file_with_another_source_of_data_is_one_line_and_exit_2(arrays, tmp_path, capsys, flags, words):
+    out = tmp_path / "run"
+    assert train.main(["--data-file", str(arrays / "images.npz"), *flags, "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+    assert not out.exists()
+
+
+def test_test_fraction_without_a_data_file_is_refused_and_never_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--test-fraction", "0.2", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--test-fraction" in err[0] and "--data-file" in err[0]
+    assert not out.exists()
+
+
+def test_a_bad_array_file_is_one_line_naming_the_file_and_field(arrays, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    x, _ = images_and_labels(40)
+    np.savez(bad, x=x.astype(np.float32) * 2.0)  # floats past 1
+    assert train.main(["--data-file", str(bad), "--out", str(tmp_path / "run"), *SMALL]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "'x'" in err[0]
+
+
+@pytest.fixture(scope="module")
+def exported(array_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("exported") / "weights.safetensors"
+    assert export.main([str(array_run), "--format", "safetensors", "--out", str(path)]) == 0
+    return path
+
+
+def test_init_from_starts_from_the_file_s_weights(arrays, exported, tmp_path, monkeypatch):
+    seen = {}
+
+    def first_step(self, *args, **kwargs):  # the weights the first step starts from, then stop
+        seen.update({p.name: np.array(p.data) for p in self.parameters()})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.VAE, "loss_and_backward", first_step)
+    out = tmp_path / "run"
+    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", str(exported),
+                       "--out", str(out), *SMALL]) == 130
+    _, _, weights = read_weights(exported)
+    assert seen.keys() == weights.keys()
+    for name, value in weights.items():
+        np.testing.assert_array_equal(seen[name], value, err_msg=name)
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(exported)
+
+
+def test_init_from_a_file_that_does_not_fit_is_refused_before_the_run_is_written(arrays, exported, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "run"
+    flags = [flag if flag != "16" or i != SMALL.index("--hidden") + 1 else "17" for i, flag in enumerate(SMALL)]
+    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", str(exported),
+                       "--out", str(out), *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(exported) in err[0] and "'fc1.weight'" in err[0]
+    assert not (out / "config.json").exists()
+
+
+def test_init_from_a_missing_file_creates_nothing(arrays, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", str(tmp_path / "none.safetensors"),
+                       "--out", str(out), *SMALL]) == 1
+    assert "no such safetensors file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_init_from_with_resume_is_one_line_and_exit_2(array_run, exported, capsys):
+    assert train.main(["--resume", str(array_run), "--init-from", str(exported), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init-from" in err[0] and "--resume" in err[0]
