@@ -212,13 +212,13 @@ class Communicator:
         os._exit(code)
 
 
-def distributed_step(model, x, eps, comm, kl_weight=1.0):
+def distributed_step(model, x, eps, comm, kl_weight=1.0, checked=False):
     """One data-parallel training step before the optimizer's: the forward and backward of this
     rank's shard, then the allreduce of the gradients and of the loss sums.
 
     x: the global batch (B, D) and eps its noise (L, B, J) or (B, J), the same on every rank (drawn
     from the same generator, in the order one process draws them: ``model.draw_eps(B)``). Runs
-    ``model.loss_and_backward(x[shard], eps=eps[..., shard, :], kl_weight=kl_weight)``, then
+    ``model.loss_and_backward(x[shard], eps=eps[..., shard, :], kl_weight=kl_weight, checked=checked)``, then
     leaves in ``model.buffer.grad`` the gradient of the whole batch (eq. (48)) on every rank.
     Returns the LossTerms of the whole batch (sums over its rows; 0-d arrays of the backend).
     """
@@ -226,7 +226,7 @@ def distributed_step(model, x, eps, comm, kl_weight=1.0):
     rows = comm.shard(x.shape[0])
     if rows.stop > rows.start:
         shard_eps = eps[:, rows] if eps.ndim == 3 else eps[rows]
-        terms = model.loss_and_backward(x[rows], eps=shard_eps, kl_weight=kl_weight)
+        terms = model.loss_and_backward(x[rows], eps=shard_eps, kl_weight=kl_weight, checked=checked)
         local = xp.stack(list(terms))
     else:  # fewer rows than ranks: this rank adds nothing
         model.buffer.grad[...] = 0

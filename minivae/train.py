@@ -32,6 +32,7 @@ from .objectives import kl_weight_at
 from .optim import Adam
 from .run_folder import merge, opened
 from .safetensors_io import init_from, read_weights
+from .train_ranks import check_same_model, main_on_ranks, run_folder, summed, test_rows, training_step, wants_ranks
 
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
@@ -59,6 +60,9 @@ def build_parser():
     add("--no-download", action="store_true", help="never download a dataset (as MINIVAE_NO_DOWNLOAD=1 does)")
     add("--out", default="results", help="folder for the run's files (default: results/)")
     add("--resume", metavar="DIR", help="continue the run in DIR up to --epochs")
+    add("--distributed", action="store_true",
+        help="data-parallel training on the ranks an MPI launcher started: mpiexec -n N python -m minivae.train "
+             "--distributed ... (the same run as one process, to summation order; the mpi extra)")
     add("--log-interval", type=positive_int, default=10,
         help="steps between progress-bar updates and, on a GPU, between checks for NaN (default: 10)")
     add_output_flags(parser)
@@ -70,8 +74,16 @@ PROGRAM = "minivae-train"
 
 def main(argv=None):
     """The command: 0 when done, 1 with one line on stderr for a failure, 2 for a flag the chosen model
-    does not use, 130 for Ctrl-C (wherever it lands: minivae/interrupts.py)."""
-    return run_command(PROGRAM, build_parser(), run, _what_is_kept, "the --out folder", _memory_hint, argv)
+    does not use, 130 for Ctrl-C (wherever it lands: minivae/interrupts.py). With --distributed, on
+    each rank of an MPI launcher (minivae/train_ranks.py)."""
+    if wants_ranks(argv):
+        return main_on_ranks(PROGRAM, lambda program, comm: _command(program, argv, comm))
+    return _command(PROGRAM, argv, None)
+
+
+def _command(program, argv, comm):
+    return run_command(program, build_parser(), lambda args: run(args, comm), _what_is_kept, "the --out folder",
+                       _memory_hint, argv)
 
 
 def _memory_hint(args):
@@ -89,9 +101,13 @@ def _what_is_kept(args):
     return "no epoch was complete, so there is no checkpoint to resume from"
 
 
-def run(args):
-    """Train as the parsed command line says; returns the metrics history (a list of dicts)."""
-    log = (lambda message: None) if args.quiet else print
+def run(args, comm=None):
+    """Train as the parsed command line says; returns the metrics history (a list of dicts). ``comm``:
+    this rank's Communicator with --distributed (minivae/distributed.py), else None."""
+    if args.distributed and comm is None:
+        raise UsageError("--distributed: write the flag in full, so that each rank joins the others before it starts")
+    root = comm is None or comm.is_root
+    log = (lambda message: None) if args.quiet or not root else print
     out = args.resume if args.resume else args.out
     given = given_settings(args, SETTINGS)
     for name in ("data_dir", "data_file", "init_from"):  # a resume may run from another folder
@@ -107,7 +123,7 @@ def run(args):
     elif "init_from" in given:
         raise UsageError(f"--init-from starts a new run from a file's weights, and --resume {args.resume} "
                          f"continues a run from its checkpoint: drop one of them")
-    with opened(out, resuming=bool(args.resume)) as saved:
+    with run_folder(opened, out, bool(args.resume), comm) as saved:
         settings = merge(given, saved, SETTINGS, args.resume)
         dataset = _load_data(settings, args, log)
         if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
@@ -117,6 +133,8 @@ def run(args):
         refuse_unused(settings, given)
         settings = table.used(settings)
         backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
+        if comm is not None:
+            backend = comm.attach(backend)  # on a GPU: this rank's, and NCCL joined
         model = _build_model(settings, dataset, backend)
         if settings["init_from"] is not None and not args.resume:
             init_from(model, settings["init_from"])  # a tensor that does not fit: refused before config.json
@@ -132,15 +150,18 @@ def run(args):
             log(f"{out}: the run has already trained all {done} epochs; pass --epochs {done + 1} or more "
                 f"to train it further")
             return history
-        with atomic_write(os.path.join(out, CONFIG_NAME), "w") as handle:
-            json.dump({**settings, "version": __version__}, handle, indent=2)
-        trainer = Trainer(model, optimizer, dataset, settings, out, args, log)
+        if root:
+            with atomic_write(os.path.join(out, CONFIG_NAME), "w") as handle:
+                json.dump({**settings, "version": __version__}, handle, indent=2)
+        trainer = Trainer(model, optimizer, dataset, settings, out, args, log, comm)
         # A NaN or inf is reported by the Trainer as one NumericalError; NumPy's warnings about it
         # (overflow in exp, invalid value in matmul, ...) would only spill lines onto stderr.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(first_epoch, settings["epochs"] + 1):
                 history.append(trainer.run_epoch(epoch, history))
-                _write_epoch_outputs(trainer, epoch, history)
+                check_same_model(comm, model, epoch)
+                if root:
+                    _write_epoch_outputs(trainer, epoch, history)
         return history
 
 
@@ -201,15 +222,16 @@ def _resume_state(out, model, optimizer, dataset, log):
 class Trainer:
     """The training loop of one run: the data on the device, one epoch at a time."""
 
-    def __init__(self, model, optimizer, dataset, settings, out, args, log):
+    def __init__(self, model, optimizer, dataset, settings, out, args, log, comm=None):
         self.model, self.optimizer, self.dataset, self.settings = model, optimizer, dataset, settings
-        self.out, self.log = out, log
+        self.out, self.log, self.comm = out, log, comm
         self.backend = model.backend
         for x in (dataset.train_x, dataset.test_x):  # the likelihood's range, once here rather than per batch
             model.likelihood.check_data(x)
         self.train_x = self.backend.to_device(dataset.train_x)  # moved once, sliced on the device
         self.test_x = self.backend.to_device(dataset.test_x)
-        self.show_progress = not (args.no_progress or args.quiet) and sys.stdout.isatty()
+        root = comm is None or comm.is_root
+        self.show_progress = root and not (args.no_progress or args.quiet) and sys.stdout.isatty()
         # On the CPU reading a loss costs nothing, so every step is checked for NaN; on a device
         # the losses stay there and are read every --log-interval steps.
         self.check_every = 1 if self.backend.name == "numpy" else args.log_interval
@@ -224,8 +246,7 @@ class Trainer:
         self.backend.synchronize()
         seconds = time.perf_counter() - start
         n_train, n_test = self.train_x.shape[0], self.test_x.shape[0]
-        test_sampled = self._test_sums(use_mean=False, epoch=epoch)
-        test_mean = self._test_sums(use_mean=True, epoch=epoch)
+        test_sampled, test_mean = self._test_sums(epoch)
         record = {
             "epoch": epoch, "train_loss": (train_sums[0] + train_sums[1]) / n_train, "train_reconstruction": train_sums[0] / n_train,
             "train_kl": train_sums[1] / n_train, "test_loss": test_sampled[2] / n_test,
@@ -266,7 +287,7 @@ class Trainer:
             x = self.train_x[order[step * batch_size:(step + 1) * batch_size]]
             if dynamic:
                 x = (backend.uniform(x.shape) < x).astype(backend.dtype)
-            terms = model.loss_and_backward(x, kl_weight=self._kl_weight(epoch, step / steps), checked=True)
+            terms = training_step(model, x, self._kl_weight(epoch, step / steps), self.comm)
             step_values[step, :3] = xp.stack(terms)
             step_values[step, 3] = model.buffer.grad.sum()  # one pass over every gradient at once
             if (step + 1) % self.check_every == 0 or step + 1 == steps:
@@ -302,20 +323,29 @@ class Trainer:
             f"{'NaN' if np.isnan(row).any() else 'infinite'}; no checkpoint was written for this epoch, and "
             f"{os.path.join(self.out, CHECKPOINT_NAME)} (if any) holds the last good one. {RETRY_HINT}")
 
-    def _test_sums(self, use_mean, epoch):
-        """Summed (reconstruction, KL, total) over the test set, with z sampled (from a generator
-        seeded by the run's seed and the epoch, so training's random stream is untouched) or z = mu."""
+    def _test_sums(self, epoch):
+        """Summed (reconstruction, KL, total) over the test set with z sampled (from a generator seeded
+        by the run's seed and the epoch, so training's random stream is untouched) and with z = mu: the
+        two from one encoder pass per chunk (eq. (4)). On N ranks each takes its rows of every chunk
+        (the chunk's noise drawn whole on every rank, as one process draws it) and the sums are reduced."""
         backend, model = self.backend, self.model
         noise = backend.with_seed(self.settings["seed"] * 100_003 + epoch)
-        sums = np.zeros(3)
+        sums = np.zeros((2, 3))  # (sampled, z = mu) x (reconstruction, KL, total)
         for start in range(0, self.test_x.shape[0], EVAL_BATCH_SIZE):
             check_interrupt()
             x = self.test_x[start:start + EVAL_BATCH_SIZE]
-            eps = None if use_mean else noise.standard_normal((model.n_samples, x.shape[0], model.latent_dim))
-            reconstruction, kl = model.elbo_terms(x, eps, use_mean=use_mean, checked=True)
-            sums[:2] += [float(reconstruction.sum()), float(kl.sum())]
-        sums[2] = sums[0] + sums[1]
-        return sums
+            eps = noise.standard_normal((model.n_samples, x.shape[0], model.latent_dim))
+            rows = test_rows(self.comm, x.shape[0])
+            x, eps = x[rows], eps[:, rows]
+            if x.shape[0] == 0:  # more ranks than rows in this chunk
+                continue
+            posterior = model.encode(x)                                                 # eq. (4), once
+            for row, use_mean in enumerate((False, True)):
+                terms, _ = model.forward(x, eps, use_mean, for_backward=False, checked=True, posterior=posterior)
+                sums[row, :2] += [float(terms.reconstruction.sum()), float(terms.kl.sum())]
+        sums = summed(self.comm, sums)
+        sums[:, 2] = sums[:, 0] + sums[:, 1]
+        return sums[0], sums[1]
 
 
 def _progress_bar(total, epoch, show):

@@ -216,3 +216,36 @@ def test_default_dataset_falls_back_to_a_fashion_mnist_copy(tmp_path, monkeypatc
     assert "training on the Fashion-MNIST copy" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["dataset"] == "fashion-mnist"
     assert load_checkpoint(out / "checkpoint.npz").config["input_dim"] == 64
+
+
+
+def test_the_two_test_losses_share_one_encoder_pass_and_equal_two_separate_passes(data_dir, tmp_path, monkeypatch):
+    """Issue 25 item 3: the test losses with z sampled and with z = mu come from one encoder pass per
+    chunk of the test set, bit for bit what two separate forward passes give (``elbo_terms``, the noise
+    drawn as the trainer draws it)."""
+    from minivae import load_model
+    from minivae.data import load_run_data
+    from minivae.model import VAE
+
+    encodes, passes, test_sums, encode = [], [], train.Trainer._test_sums, VAE._encode
+
+    def counted(self, epoch):  # the encoder passes of one test pass: their batch sizes
+        encodes.clear()
+        result = test_sums(self, epoch)
+        passes.append(list(encodes))
+        return result
+
+    monkeypatch.setattr(VAE, "_encode", lambda self, x: encodes.append(x.shape[0]) or encode(self, x))
+    monkeypatch.setattr(train.Trainer, "_test_sums", counted)
+    out = tmp_path / "run"
+    assert train.main(cli_args(data_dir, out, "--quiet", "--seed", "4", epochs=1)) == 0
+    assert passes == [[TEST_COUNT]]
+    model, record = load_model(out), load_checkpoint(out / "checkpoint.npz").extra["history"][0]
+    backend = model.backend
+    x = backend.to_device(load_run_data({"data_dir": str(data_dir)}).test_x.astype(backend.dtype))
+    eps = backend.with_seed(4 * 100_003 + 1).standard_normal((1, TEST_COUNT, model.latent_dim))
+    sampled = [float(term.sum()) for term in model.elbo_terms(x, eps)]
+    mean = [float(term.sum()) for term in model.elbo_terms(x, use_mean=True)]
+    assert record["test_loss"] == (sampled[0] + sampled[1]) / TEST_COUNT
+    assert record["test_loss_mean"] == (mean[0] + mean[1]) / TEST_COUNT
+    assert record["test_reconstruction"] == sampled[0] / TEST_COUNT
