@@ -95,12 +95,15 @@ def test_two_ranks_in_float64_give_the_one_process_parameters(one_process, tmp_p
 
 
 @pytest.mark.slow
-def test_a_resumed_run_on_two_ranks_continues_the_same_run(one_process, tmp_path):
+def test_a_resumed_run_continues_the_same_run_on_two_ranks_or_on_one(one_process, tmp_path):
     out = tmp_path / "ranks"
     assert _train(out, "--epochs", "1", "--quiet", ranks=2).returncode == 0
-    done = _train(out, "--resume", str(out), "--epochs", "2", "--quiet", ranks=2)
-    assert done.returncode == 0, done.stderr
-    _assert_same_losses(_history(out), _history(one_process["float32"]))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for folder, ranks in ((out, 2), (copy, None)):
+        done = _train(folder, "--resume", str(folder), "--epochs", "2", "--quiet", ranks=ranks)
+        assert done.returncode == 0, done.stderr
+        _assert_same_losses(_history(folder), _history(one_process["float32"]))
 
 
 def _rank_pid(marker, rank):
