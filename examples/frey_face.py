@@ -21,6 +21,7 @@ log p(x) of these 560-pixel images is positive, in the hundreds of nats.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -33,6 +34,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
+from example_args import add_json_flag, count, refuse_beside_quick, write_json
 from example_data import FREY_FILE, network_flags, write_frey_like
 
 from minivae import evaluate, train
@@ -44,11 +46,11 @@ def build_parser():
     parser = argparse.ArgumentParser(description="Train and evaluate a Gaussian-decoder VAE on Frey Face.")
     parser.add_argument("--data-dir", help=f"folder holding {FREY_FILE} (default: the cache, or a download)")
     parser.add_argument("--out", default=os.path.join("results", "frey"), help="run folder (a new one)")
-    parser.add_argument("--epochs", type=int, default=50, help="epochs (default: 50)")
-    parser.add_argument("--latent-dim", type=int, default=2, help="size of z (default: 2, draws the manifold)")
+    parser.add_argument("--epochs", type=count, default=50, help="epochs (default: 50)")
+    parser.add_argument("--latent-dim", type=count, default=2, help="size of z (default: 2, draws the manifold)")
     parser.add_argument("--variance", type=float, default=0.01,
                         help="fixed variance of the Gaussian decoder, for pixels in [0, 1] (default: 0.01)")
-    parser.add_argument("--iw-samples", type=int, default=5000, help="K for the evaluation (default: 5000)")
+    parser.add_argument("--iw-samples", type=count, default=5000, help="K for the evaluation (default: 5000)")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
     parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
                         help="mlp, or conv: the convolutional VAE (default: mlp)")
@@ -56,6 +58,7 @@ def build_parser():
                         help=f"made-up Frey-like faces in OUT/data/{FREY_FILE} instead of the real file")
     parser.add_argument("--quick", action="store_true",
                         help="--synthetic with 300 frames, 2 epochs and K = 100: seconds")
+    add_json_flag(parser, "frey_face")
     return parser
 
 
@@ -69,7 +72,11 @@ def frey_data_dir(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_beside_quick(parser, args, ("--epochs", "--iw-samples", "--data-dir"))
+    if not args.variance > 0:
+        parser.error(f"--variance must be a number > 0, got {args.variance}")
     try:
         data_dir = frey_data_dir(args)
     except DataError as error:
@@ -86,7 +93,11 @@ def main(argv=None):
     status = train.main(argv + (["--data-dir", data_dir] if data_dir else []))
     if status != 0:
         return status
-    return evaluate.main([args.out, "--iw-samples", str(iw_samples), "--backend", args.backend, "--no-progress"])
+    status = evaluate.main([args.out, "--iw-samples", str(iw_samples), "--backend", args.backend, "--no-progress"])
+    if status == 0:
+        with open(os.path.join(args.out, "evaluation.json")) as handle:
+            write_json(args, "frey_face", json.load(handle))
+    return status
 
 
 if __name__ == "__main__":

@@ -13,15 +13,17 @@ test images:
   (eq. (22)), and
 - the active units (eq. (47)),
 
-as a table (markdown, for examples/README.md) and ``OUT/iwae_vs_vae.json``. Both models start from the
-same weights and see the same images in the same order.
+as a table (markdown, for examples/README.md) and ``OUT/iwae_vs_vae.json`` (or ``--json PATH``). Both
+models start from the same weights and see the same images in the same order, and are evaluated on the
+same test images, so their difference is also reported paired, image by image: the mean of the
+per-image differences VAE - IWAE and its standard error. That error measures the difference itself;
+the errors of the two means mostly measure how the test images differ from one another.
 
     python examples/iwae_vs_vae.py                # 10 epochs of 10000 images, K = 5: a few minutes
     python examples/iwae_vs_vae.py --quick        # made-up blob images, a small net: seconds
 """
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -33,6 +35,8 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
+import numpy as np
+from example_args import add_json_flag, check_within, count, refuse_beside_quick, write_json
 from example_data import write_blobs, write_subset
 
 from minivae import train
@@ -42,7 +46,6 @@ from minivae.data import DATASETS, binarize_dataset, load_dataset, resolve_defau
 from minivae.errors import MinivaeError
 from minivae.estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
                                 samples_per_chunk)
-from minivae.fileio import atomic_write
 
 OBJECTIVES = ("elbo", "iwae")
 PAPER = {"elbo": 86.47, "iwae": 85.54}  # Table 1, MNIST, one stochastic layer, k = 5: -log p(x), nats
@@ -52,26 +55,29 @@ def build_parser():
     parser = argparse.ArgumentParser(description="Train a VAE and an IWAE with the same K and budget, and "
                                                  "compare their test ELBO, log p(x) and active units.")
     parser.add_argument("--out", default=os.path.join("results", "iwae_vs_vae"), help="folder (a new one)")
-    parser.add_argument("--samples", type=int, default=5, help="K, samples per image in training (default: 5)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per model (default: 10)")
-    parser.add_argument("--train-size", type=int, default=10000, help="training images (default: 10000)")
-    parser.add_argument("--test-size", type=int, default=500, help="test images evaluated (default: 500)")
-    parser.add_argument("--iw-samples", type=int, default=5000, help="K of the log p(x) estimate (default: 5000)")
+    parser.add_argument("--samples", type=count, default=5, help="K, samples per image in training (default: 5)")
+    parser.add_argument("--epochs", type=count, default=10, help="epochs per model (default: 10)")
+    parser.add_argument("--train-size", type=count, default=10000, help="training images (default: 10000)")
+    parser.add_argument("--test-size", type=count, default=500, help="test images evaluated (default: 500)")
+    parser.add_argument("--iw-samples", type=count, default=5000, help="K of the log p(x) estimate (default: 5000)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
     parser.add_argument("--backend", default="numpy", help="numpy, cupy or auto (default: numpy)")
     parser.add_argument("--quick", action="store_true", help="made-up 16x16 blob images, a small net: seconds")
+    add_json_flag(parser, "iwae_vs_vae")
     return parser
 
 
-def write_data(args):
+def write_data(args, parser):
     """The subset (or, with --quick, the blobs) as IDX files in OUT/data; returns the folder."""
     folder = os.path.join(args.out, "data")
     if args.quick:
         return write_blobs(folder)
     dataset = load_dataset(args.dataset, data_dir=args.data_dir) if args.dataset else \
         resolve_default_dataset(data_dir=args.data_dir)
+    check_within(parser, "--train-size", args.train_size, len(dataset.train_x), dataset.name)
+    check_within(parser, "--test-size", args.test_size, len(dataset.test_x), dataset.name)
     print(f"using the first {args.train_size} training and {args.test_size} test images of {dataset.name} "
           f"({dataset.source})")
     return write_subset(dataset, folder, args.train_size, args.test_size)
@@ -106,7 +112,26 @@ def evaluate_run(run, data_dir, args):
     variance, _ = latent_statistics(model, dataset.test_x, 100)
     return {"elbo": mean_and_standard_error(elbos), "log_likelihood": mean_and_standard_error(log_likelihoods),
             "active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()), "latent_dim": len(variance),
-            "iw_samples": iw_samples, "test_points": len(elbos)}
+            "iw_samples": iw_samples, "test_points": len(elbos),
+            "per_image": {"elbo": [float(v) for v in elbos], "log_likelihood": [float(v) for v in log_likelihoods]}}
+
+
+def paired_differences(results):
+    """VAE - IWAE, image by image on the same test images: (mean, standard error) of the per-image
+    differences of the ELBO and of the log p(x) estimate."""
+    return {key: mean_and_standard_error(np.subtract(results["elbo"]["per_image"][key],
+                                                     results["iwae"]["per_image"][key]))
+            for key in ("elbo", "log_likelihood")}
+
+
+def format_paired(paired):
+    """The paired differences as lines, with how many standard errors each is from zero."""
+    lines = []
+    for key, name in (("elbo", "test ELBO"), ("log_likelihood", "test log p(x)")):
+        mean, error = paired[key]
+        lines.append(f"VAE - IWAE, paired over the same test images, {name}: {mean:+.2f} ± {error:.2f} nats "
+                     f"({abs(mean) / error if error else float('inf'):.1f} standard errors from 0)")
+    return "\n".join(lines)
 
 
 def format_table(results, samples):
@@ -122,19 +147,21 @@ def format_table(results, samples):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_beside_quick(parser, args, ("--epochs", "--train-size", "--test-size", "--iw-samples", "--dataset",
+                                       "--data-dir"))
     try:
-        data_dir = write_data(args)
+        data_dir = write_data(args, parser)
         runs = {objective: train_run(args, data_dir, objective) for objective in OBJECTIVES}
         results = {objective: evaluate_run(run, data_dir, args) for objective, run in runs.items()}
     except MinivaeError as error:
         print(f"iwae_vs_vae: error: {error}", file=sys.stderr)
         return 1
-    path = os.path.join(args.out, "iwae_vs_vae.json")
-    with atomic_write(path, "w") as handle:
-        json.dump(results, handle, indent=2)
+    results["paired_vae_minus_iwae"] = paired_differences(results)
     print(format_table(results, args.samples))
-    print(f"wrote {path}")
+    print(format_paired(results["paired_vae_minus_iwae"]))
+    write_json(args, "iwae_vs_vae", results)
     return 0
 
 

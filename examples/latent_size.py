@@ -30,6 +30,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
 
 import numpy as np
 
+from example_args import add_json_flag, check_within, count, refuse_beside_quick, write_json
 from example_data import network_flags, write_blobs, write_subset
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -46,10 +47,10 @@ def build_parser():
     parser = argparse.ArgumentParser(description="Train one short run per latent size and plot the ELBO "
                                                  "against it (the AEVB paper's Figure 2).")
     parser.add_argument("--out", default=os.path.join("results", "latent_size"), help="folder (a new one)")
-    parser.add_argument("--latent-dims", type=int, nargs="+", default=[2, 5, 10, 20], help="sizes of z")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per run (default: 1)")
-    parser.add_argument("--train-size", type=int, default=10000, help="training images (default: 10000)")
-    parser.add_argument("--test-size", type=int, default=2000, help="test images (default: 2000)")
+    parser.add_argument("--latent-dims", type=count, nargs="+", default=[2, 5, 10, 20], help="sizes of z")
+    parser.add_argument("--epochs", type=count, default=1, help="epochs per run (default: 1)")
+    parser.add_argument("--train-size", type=count, default=10000, help="training images (default: 10000)")
+    parser.add_argument("--test-size", type=count, default=2000, help="test images (default: 2000)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
@@ -58,10 +59,11 @@ def build_parser():
                         help="mlp, or conv: the convolutional VAE (default: mlp)")
     parser.add_argument("--quick", action="store_true",
                         help="made-up 16x16 blob images, sizes 2 and 5, a small net: seconds")
+    add_json_flag(parser, "latent_size")
     return parser
 
 
-def write_data(args):
+def write_data(args, parser):
     """The subset (or, with --quick, the blobs) as IDX files in OUT/data; returns the folder."""
     folder = os.path.join(args.out, "data")
     if args.quick:
@@ -70,6 +72,8 @@ def write_data(args):
         dataset = load_dataset(args.dataset, data_dir=args.data_dir)
     else:
         dataset = resolve_default_dataset(data_dir=args.data_dir)
+    check_within(parser, "--train-size", args.train_size, len(dataset.train_x), dataset.name)
+    check_within(parser, "--test-size", args.test_size, len(dataset.test_x), dataset.name)
     print(f"using the first {args.train_size} training and {args.test_size} test images of {dataset.name} "
           f"({dataset.source})")
     return write_subset(dataset, folder, args.train_size, args.test_size)
@@ -123,10 +127,13 @@ def save_plot(path, latent_dims, train_elbo, test_elbo):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_beside_quick(parser, args, ("--latent-dims", "--epochs", "--train-size", "--test-size", "--dataset",
+                                       "--data-dir"))
     latent_dims = [2, 5] if args.quick else sorted(args.latent_dims)
     try:
-        data_dir = write_data(args)
+        data_dir = write_data(args, parser)
         runs = [train_run(args, data_dir, j) for j in latent_dims]
         backend = get_backend(args.backend, dtype="float32", seed=0)
         models = [load_model(run, backend) for run in runs]
@@ -146,6 +153,7 @@ def main(argv=None):
     for row in zip(latent_dims, train_elbo, test_elbo):
         print(f"{row[0]:>3}  {row[1]:>11.2f}  {row[2]:>10.2f}")
     print(f"wrote {table} and {os.path.join(args.out, 'latent_size.png')}")
+    write_json(args, "latent_size", {"latent_dims": latent_dims, "train_elbo": train_elbo, "test_elbo": test_elbo})
     return 0
 
 

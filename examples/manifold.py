@@ -26,9 +26,11 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
+from example_args import add_json_flag, count, refuse_beside_quick, write_json
 from example_data import network_flags, write_blobs
 
 from minivae import train
+from minivae.checkpoint import load_checkpoint
 from minivae.data import DATASETS
 
 
@@ -36,7 +38,7 @@ def build_parser():
     parser = argparse.ArgumentParser(description="Train a VAE with a 2-D latent space and draw its manifold "
                                                  "(the AEVB paper's Figure 4).")
     parser.add_argument("--out", default=os.path.join("results", "manifold"), help="run folder (a new one)")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs (default: 5)")
+    parser.add_argument("--epochs", type=count, default=5, help="epochs (default: 5)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="dataset (default: the training command's choice, fashion-mnist-small offline)")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files")
@@ -45,6 +47,7 @@ def build_parser():
                         help="mlp, or conv: the convolutional VAE (default: mlp)")
     parser.add_argument("--quick", action="store_true",
                         help="a made-up dataset of 16x16 blob images and one epoch of a small net: seconds")
+    add_json_flag(parser, "manifold")
     return parser
 
 
@@ -65,10 +68,16 @@ def train_arguments(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_beside_quick(parser, args, ("--epochs", "--dataset", "--data-dir"))
     status = train.main(train_arguments(args))
     if status != 0:
         return status
+    history = load_checkpoint(os.path.join(args.out, "checkpoint.npz")).extra["history"]
+    results = {key: [record[key] for record in history] for key in ("test_loss", "test_loss_mean", "train_loss")}
+    print("test loss per epoch (nats per image): " + " ".join(f"{loss:.2f}" for loss in results["test_loss"]))
+    write_json(args, "manifold", results)
     for name in ("manifold.png", "latent_scatter.png"):
         print(f"wrote {os.path.join(args.out, name)}")
     print(f"evaluate it with: python -m minivae.evaluate {args.out}")

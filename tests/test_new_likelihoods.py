@@ -202,3 +202,22 @@ def test_a_dropped_series_term_is_caught(monkeypatch):
     monkeypatch.setattr(likelihoods, "SINH_SERIES", likelihoods.SINH_SERIES[:-1])
     with pytest.raises(AssertionError):
         test_log_normalizer_and_its_gradient_are_accurate_to_the_dtypes_precision("float64")
+
+
+def test_section_20_states_v_minus_r_as_eq_39_computes_it():
+    """The values of v - r that section 20 of the derivation quotes (issue 26) are those of eq. (39) in
+    float64, to the two significant digits printed."""
+    import pathlib
+    import re
+
+    from minivae.likelihoods import MIN_LOGVAR, softplus
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "derivation.md").read_text()
+    section = text[text.index("## 20."):text.index("## 21.")]
+    quoted = re.findall(r"\$?([0-9.]+)(?: \\cdot 10\^\{(-?\d+)\})?\$? at \$r = (-?[0-9.]+)\$", section)
+    assert len(quoted) == 4
+    for mantissa, exponent, r in quoted:
+        scale = 10.0 ** int(exponent or 0)
+        last_digit = 10.0 ** -len(mantissa.partition(".")[2]) * scale
+        exact = float(softplus(np, np.array([MIN_LOGVAR - float(r)]))[0])
+        assert abs(float(mantissa) * scale - exact) <= last_digit / 2, (r, mantissa, exponent, exact)
