@@ -214,7 +214,8 @@ def format_table(results):
             ("-ELBO", {**lower_bound, "mean": -lower_bound["mean"]}),
             ("-log p(x)", {**log_likelihood, "mean": -log_likelihood["mean"]}),
             ("log p(x) - ELBO", results["log_likelihood_minus_elbo"])]
-    data = results["dataset"] or f"the IDX files in {results['data_source']}"
+    source = results["data_source"]
+    data = results["dataset"] or (f"the IDX files in {source}" if os.path.isdir(source) else source)
     lines = [f"{results['checkpoint']} (epoch {results['epoch']}) on {data}: "
              f"{results['test_points']} of {results['test_set_size']} test points, {results['backend']} "
              f"{results['dtype']}, {results['seconds']:.1f} s",

@@ -52,8 +52,10 @@ def test_rows_of_a_npy_hold_out_the_test_fraction(arrays, tmp_path):
     assert load_model(out).config["input_dim"] == 12
 
 
-def test_evaluate_and_explore_read_the_run_s_arrays(array_run, capsys):
-    assert evaluate.main([str(array_run), "--iw-samples", "2", "--quiet"]) == 0
+def test_evaluate_and_explore_read_the_run_s_arrays(array_run, arrays, capsys):
+    assert evaluate.main([str(array_run), "--iw-samples", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"on {arrays / 'images.npz'}:" in printed and "IDX" not in printed and "mnist" not in printed
     result = json.loads((array_run / "evaluation.json").read_text())
     assert result["test_points"] == 32
     page = array_run / "explorer.html"
