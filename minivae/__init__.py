@@ -1,7 +1,5 @@
 """minivae: a Variational Autoencoder whose every gradient is derived by hand and checked."""
 
-__version__ = "0.1.0"
-
 import os
 
 # OpenBLAS (NumPy's BLAS) keeps each idle worker thread spinning for 2^28 cycles (~0.1 s) after a
@@ -14,6 +12,7 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 from .interrupts import install_for_commands  # noqa: E402
+from .version import __version__  # noqa: E402
 
 # `python -m minivae.train` (or evaluate) only: Ctrl-C during the imports below is recorded, and
 # reported by the command in one line, instead of a traceback (minivae/interrupts.py).

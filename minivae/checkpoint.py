@@ -25,7 +25,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .backend import get_backend
 from .checkpoint_checks import (ARCHITECTURE_FIELDS, META_KEY, OPTIM_PREFIX, check_array, check_meta,
                                 check_run_settings, corrupt, migrate, parse_meta, read_members, read_run_settings)

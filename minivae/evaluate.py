@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .backend import get_backend
 from .checkpoint import model_from_checkpoint, read_run
 from .cli import Parser, add_output_flags, add_setting_flags, dataset_label, positive_int, run_command, setting_values

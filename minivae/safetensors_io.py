@@ -35,7 +35,8 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
-from . import __version__, checks
+from . import checks
+from .version import __version__
 from .backend import get_backend
 from .conv import KERNEL, check_image_shape
 from .errors import CheckpointError

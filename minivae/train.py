@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import __version__, plots
+from . import plots
 from . import settings as table
 from .backend import get_backend
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, save_checkpoint
@@ -33,6 +33,7 @@ from .optim import Adam
 from .run_folder import merge, opened
 from .safetensors_io import init_from, read_weights
 from .train_ranks import check_same_model, main_on_ranks, run_folder, summed, test_rows, training_step, wants_ranks
+from .version import __version__
 
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "test_loss", "test_loss_mean",
