@@ -348,16 +348,18 @@ def test_more_failures_are_one_line(run_dir, tmp_path, capsys, case, words):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["manifold.py", "frey_face.py", "latent_size.py"])
+@pytest.mark.parametrize("script", ["manifold.py", "frey_face.py", "latent_size.py", "iwae_vs_vae.py"])
 def test_example_runs_to_completion(script, tmp_path):
-    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    results = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(tmp_path / "out"),
+                             "--json", str(results)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                             env={**os.environ, "MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert command_stderr_lines(result.stderr) == []
     written = sorted(path.name for path in (tmp_path / "out").rglob("*.png"))
     assert written, result.stdout
-    assert "wrote" in result.stdout
+    assert f"wrote {results}" in result.stdout
+    assert isinstance(json.loads(results.read_text()), dict) and json.loads(results.read_text())
 
 
 @pytest.mark.slow
