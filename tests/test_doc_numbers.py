@@ -73,16 +73,19 @@ def allowed_error(text, tolerance):
 
 
 def differences(doc_lines, printed_lines, tolerance):
-    """The numbers of the doc's lines that the printed lines do not reproduce, as readable strings."""
-    problems = []
+    """The numbers of the doc's lines that the printed lines do not reproduce, as readable strings. Doc
+    lines with the same words (the rows of a table) are matched in order with the printed ones."""
+    problems, seen = [], {}
     for doc_line in doc_lines:
         if not NUMBER.search(doc_line):
             continue
-        matches = [line for line in printed_lines if words(line) == words(doc_line)]
-        if not matches:
+        shape = words(doc_line)
+        matches = [line for line in printed_lines if words(line) == shape]
+        index = seen[shape] = seen.get(shape, -1) + 1  # the k-th doc line of a shape: the k-th printed one
+        if index >= len(matches):
             problems.append(f"no printed line like {doc_line!r}")
             continue
-        for quoted, printed in zip(NUMBER.findall(doc_line), NUMBER.findall(matches[0])):
+        for quoted, printed in zip(NUMBER.findall(doc_line), NUMBER.findall(matches[index])):
             if abs(float(quoted) - float(printed)) > allowed_error(quoted, tolerance):
                 problems.append(f"{doc_line.strip()!r}: quoted {quoted}, now {printed}")
     return problems
@@ -136,3 +139,6 @@ def test_a_changed_quoted_number_is_caught():
     assert len(differences(doc[:2], printed[:2], 0.01)) == 1
     assert len(differences(doc, printed, 0.1)) == 1
     assert differences(["no such line 1.00"], printed, 0.1) == ["no printed line like 'no such line 1.00'"]
+    rows = ["  2      -294.09     -295.97", "  5      -292.54     -293.34"]
+    assert differences(rows, ["header"] + rows, 0.1) == []
+    assert len(differences(rows, ["header"] + rows[::-1], 0.1)) == 6
