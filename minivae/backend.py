@@ -9,8 +9,9 @@ themselves: they use ``backend.xp`` and ``backend.special`` of the Backend they 
 import os
 import warnings
 
+import importlib
+
 import numpy as np
-import scipy.special
 
 from .errors import BackendUnavailable
 from .kernels import cuda as cuda_kernels
@@ -143,8 +144,26 @@ def numpy_backend(dtype="float32", seed=0, threads=None):
     """The CPU backend: NumPy with scipy.special, on ``threads`` threads (default ``cpu_thread_count()``),
     with the fused Numba kernels of ``cpu_kernels`` when they are on and installed."""
     row_threads = RowThreads(cpu_thread_count() if threads is None else threads)
-    return Backend("numpy", np, scipy.special, dtype=dtype, seed=seed, kernels=cpu_kernels(row_threads),
+    return Backend("numpy", np, SCIPY_SPECIAL, dtype=dtype, seed=seed, kernels=cpu_kernels(row_threads),
                    row_threads=row_threads)
+
+
+class LazyModule:
+    """A module imported on the first use of one of its names: ``scipy.special`` costs 0.15-0.25 s to
+    import, which ``import minivae`` and ``python -m minivae.train --help`` need not pay (the NumPy
+    backend's ``special`` is this stand-in until a likelihood or a layer first calls ``expit``)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self):
+        return f"<module {self._name!r}, imported on first use>"
+
+
+SCIPY_SPECIAL = LazyModule("scipy.special")
 
 
 def cpu_kernels(row_threads):
