@@ -163,6 +163,9 @@ def run(args, comm=None):
                 check_same_model(comm, model, epoch)
                 if root:
                     _write_epoch_outputs(trainer, epoch, history)
+        # The explorer page is a command of its own (2 MB and a pass over the test set per page), so
+        # a run says how to make it rather than writing one after every run.
+        log(f"explore the latent space in a browser: python -m minivae.explore {out}")
         return history
 
 

@@ -119,6 +119,16 @@ def test_loss_goes_down_on_a_learnable_dataset(data_dir, tmp_path):
     assert test_loss[-1] < 0.95 * test_loss[0], test_loss
 
 
+def test_a_run_ends_with_the_command_that_explores_it(data_dir, tmp_path, capsys):
+    """Issue 22: the last line of a run is the explorer's command for its folder (a page of its own,
+    not written after every run)."""
+    out = tmp_path / "run"
+    assert train.main(cli_args(data_dir, out, epochs=1)) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"explore the latent space in a browser: python -m minivae.explore {out}"
+    assert not (out / "explorer.html").exists()
+
+
 def test_quiet_prints_nothing_on_stdout(data_dir, tmp_path, capsys):
     assert train.main(cli_args(data_dir, tmp_path / "run", "--quiet", epochs=1)) == 0
     captured = capsys.readouterr()
@@ -192,7 +202,8 @@ def test_epochs_is_the_total_and_resume_continues_to_it(data_dir, tmp_path, caps
     assert train.main(["--resume", str(out), "--epochs", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"resuming {out} after epoch 1"
-    assert [line.split()[:2] for line in lines[1:]] == [["epoch", "2/3"], ["epoch", "3/3"]]
+    assert [line.split()[:2] for line in lines[1:-1]] == [["epoch", "2/3"], ["epoch", "3/3"]]
+    assert lines[-1].startswith("explore the latent space in a browser: ")
     assert load_checkpoint(out / "checkpoint.npz").epoch == 3
     assert [row["epoch"] for row in read_metrics(out)[1]] == ["1", "2", "3"]
     assert {f"reconstruction_{epoch}.png" for epoch in (1, 2, 3)} <= set(os.listdir(out))
