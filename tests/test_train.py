@@ -53,9 +53,10 @@ def test_command_end_to_end_writes_every_output(tmp_path):
     assert result.returncode == 0, result.stderr
     assert command_stderr_lines(result.stderr) == []
     lines = result.stdout.splitlines()
-    # stdout is a pipe, not a terminal: no progress bar, just one line per epoch
+    # stdout is a pipe, not a terminal: no progress bar, just one line per epoch, then the explorer's command
     assert "\r" not in result.stdout
-    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert [line.split()[:2] for line in lines[:-1]] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert lines[-1] == f"explore the latent space in a browser: python -m minivae.explore {out}"
     expected = {"config.json", "metrics.csv", "loss.png", "checkpoint.npz", "manifold.png", "latent_scatter.png",
                 "reconstruction_1.png", "reconstruction_2.png", "sample_1.png", "sample_2.png"}
     assert set(os.listdir(out)) == expected  # and no .lock or temporary file left behind
