@@ -8,7 +8,6 @@ non-zero within 30 s. The fast tests check, in this process and with stand-ins f
 the shards, the one-line messages, and that the GPU path hands NCCL the gradient buffer itself.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,6 +19,8 @@ import types
 
 import numpy as np
 import pytest
+
+from scripts import load_script
 
 from minivae import distributed
 from minivae.distributed import Communicator, connect
@@ -40,18 +41,6 @@ def _mpiexec(script, *args, timeout=120):
     done = subprocess.run([launcher, "-n", str(RANKS), sys.executable, str(SCRIPTS / script), *map(str, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return done.returncode, done.stderr, time.monotonic() - start
-
-
-def _load_script(name):
-    """A module of tests/mpi_scripts, imported here (its helpers import each other by bare name)."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        spec = importlib.util.spec_from_file_location(f"mpi_scripts_{name}", SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return module
 
 
 @pytest.mark.slow
@@ -77,7 +66,7 @@ def test_two_epochs_on_two_ranks_equal_two_epochs_in_one_process(tmp_path):
     assert code == 0, stderr
     ranks = np.load(out)
     assert int(ranks["size"]) == RANKS
-    loop = _load_script("train_loop")
+    loop = load_script(SCRIPTS, "train_loop")
     for dtype, parameter_tolerance, loss_tolerance in (("float32", 16 * np.finfo(np.float32).eps, 1e-4),
                                                       ("float64", 1e-12, 1e-12)):
         alone = loop.train(None, dtype)

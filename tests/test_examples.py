@@ -2,25 +2,17 @@
 that --quick would ignore, are refused with exit status 2 before anything runs. In this process,
 through each script's ``main(argv)``; the runs themselves are in test_evaluate.py (slow)."""
 
-import importlib.util
 import pathlib
-import sys
 
 import pytest
+from scripts import load_script
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
 def example(name):
-    """The example script ``name`` imported as a module (its helpers import each other by bare name)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return module
+    """The example script ``name`` imported as a module."""
+    return load_script(EXAMPLES, name)
 
 
 REFUSED = [
