@@ -1,13 +1,16 @@
-"""What the example scripts share on their command lines (a helper module, not an example): counts that
-must be >= 1 and within the data, the flags that ``--quick`` replaces (refused beside it rather than
-ignored), and ``--json PATH``, where an example writes the numbers it prints (tests/test_doc_numbers.py
+"""What the example scripts share on their command lines (a helper module, not an example): minivae's
+``Parser`` (a refused flag is one line and exit status 2), counts that must be >= 1 and within the
+data, the flags that ``--quick`` replaces (refused beside it rather than ignored), and ``--json PATH``, where an example writes the numbers it prints (tests/test_doc_numbers.py
 reruns the examples the docs quote and compares)."""
 
 import argparse
 import json
 import os
 
+from minivae.cli import Parser
 from minivae.fileio import atomic_write
+
+__all__ = ["Parser", "add_json_flag", "check_within", "count", "refuse_beside_quick", "write_json"]
 
 
 def count(text):

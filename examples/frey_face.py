@@ -20,7 +20,6 @@ the paper learns it, so the numbers are not the paper's. A density of real value
 log p(x) of these 560-pixel images is positive, in the hundreds of nats.
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -34,7 +33,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
-from example_args import add_json_flag, count, refuse_beside_quick, write_json
+from example_args import Parser, add_json_flag, count, refuse_beside_quick, write_json
 from example_data import FREY_FILE, network_flags, write_frey_like
 
 from minivae import evaluate, train
@@ -43,7 +42,7 @@ from minivae.errors import DataError
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train and evaluate a Gaussian-decoder VAE on Frey Face.")
+    parser = Parser(description="Train and evaluate a Gaussian-decoder VAE on Frey Face.")
     parser.add_argument("--data-dir", help=f"folder holding {FREY_FILE} (default: the cache, or a download)")
     parser.add_argument("--out", default=os.path.join("results", "frey"), help="run folder (a new one)")
     parser.add_argument("--epochs", type=count, default=50, help="epochs (default: 50)")

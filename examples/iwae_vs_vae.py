@@ -23,7 +23,6 @@ the errors of the two means mostly measure how the test images differ from one a
     python examples/iwae_vs_vae.py --quick        # made-up blob images, a small net: seconds
 """
 
-import argparse
 import os
 import pathlib
 import sys
@@ -36,7 +35,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
     import minivae  # noqa: F401
 
 import numpy as np
-from example_args import add_json_flag, check_within, count, refuse_beside_quick, write_json
+from example_args import Parser, add_json_flag, check_within, count, refuse_beside_quick, write_json
 from example_data import write_blobs, write_subset
 
 from minivae import train
@@ -52,7 +51,7 @@ PAPER = {"elbo": 86.47, "iwae": 85.54}  # Table 1, MNIST, one stochastic layer, 
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train a VAE and an IWAE with the same K and budget, and "
+    parser = Parser(description="Train a VAE and an IWAE with the same K and budget, and "
                                                  "compare their test ELBO, log p(x) and active units.")
     parser.add_argument("--out", default=os.path.join("results", "iwae_vs_vae"), help="folder (a new one)")
     parser.add_argument("--samples", type=count, default=5, help="K, samples per image in training (default: 5)")

@@ -15,7 +15,6 @@ finding that more latent variables do not overfit and help; give the runs more -
 Writes OUT/latent_size.png, OUT/latent_size.csv and one run folder OUT/latent_<J> per size.
 """
 
-import argparse
 import csv
 import os
 import pathlib
@@ -30,7 +29,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
 
 import numpy as np
 
-from example_args import add_json_flag, check_within, count, refuse_beside_quick, write_json
+from example_args import Parser, add_json_flag, check_within, count, refuse_beside_quick, write_json
 from example_data import network_flags, write_blobs, write_subset
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -44,7 +43,7 @@ from minivae.fileio import atomic_write
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train one short run per latent size and plot the ELBO "
+    parser = Parser(description="Train one short run per latent size and plot the ELBO "
                                                  "against it (the AEVB paper's Figure 2).")
     parser.add_argument("--out", default=os.path.join("results", "latent_size"), help="folder (a new one)")
     parser.add_argument("--latent-dims", type=count, nargs="+", default=[2, 5, 10, 20], help="sizes of z")

@@ -13,7 +13,6 @@ fashion-mnist-small.
 See examples/README.md for what it prints and writes.
 """
 
-import argparse
 import os
 import pathlib
 import sys
@@ -26,7 +25,7 @@ except ImportError:  # run from a source checkout without installing: use the ch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minivae  # noqa: F401
 
-from example_args import add_json_flag, count, refuse_beside_quick, write_json
+from example_args import Parser, add_json_flag, count, refuse_beside_quick, write_json
 from example_data import network_flags, write_blobs
 
 from minivae import train
@@ -35,7 +34,7 @@ from minivae.data import DATASETS
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train a VAE with a 2-D latent space and draw its manifold "
+    parser = Parser(description="Train a VAE with a 2-D latent space and draw its manifold "
                                                  "(the AEVB paper's Figure 4).")
     parser.add_argument("--out", default=os.path.join("results", "manifold"), help="run folder (a new one)")
     parser.add_argument("--epochs", type=count, default=5, help="epochs (default: 5)")

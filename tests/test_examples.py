@@ -43,7 +43,7 @@ def test_a_bad_example_flag_is_refused_before_anything_runs(name, argv, words, t
         example(name).main([*argv, "--out", str(out)])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert words in err, err
+    assert words in err and err.count("\n") == 1, err
     assert not out.exists()
 
 
