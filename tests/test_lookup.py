@@ -103,7 +103,7 @@ def test_default_never_falls_back_from_a_data_dir_or_a_broken_mnist(tmp_path, cl
     dataset = data.resolve_default_dataset(data_dir=given, log=quiet, system_dirs=system_dirs)
     assert (dataset.source, len(dataset.train_x)) == (str(given), 4)
     (given / TRAIN_LABELS).unlink()
-    with pytest.raises(DataError, match="cannot load mnist from this --data-dir folder"):
+    with pytest.raises(DataError, match="cannot load the IDX files from this --data-dir folder"):
         data.resolve_default_dataset(data_dir=given, log=quiet, system_dirs=system_dirs)
     cached = write_idx_dataset(clean_env / "minivae" / "mnist")
     (cached / TEST_IMAGES).write_bytes(b"\x00\x00\x08")
@@ -128,3 +128,13 @@ def test_default_with_nothing_anywhere_names_all_three(tmp_path, clean_env, monk
     assert "packaged fashion-mnist-small is missing" in message and "reinstall minivae" in message
     assert str(clean_env / "minivae" / "mnist") in message and str(tmp_path / "none") in message
     assert str(tmp_path / "broken-install" / "fashion-mnist-small") in message
+
+
+def test_a_data_dir_alone_is_named_by_its_folder_never_mnist(tmp_path, clean_env):
+    """--data-dir without --dataset: the IDX files there may hold any dataset, so the Dataset is named
+    by the folder and its labels get no MNIST class names (issue 26, item 4)."""
+    given = write_idx_dataset(tmp_path / "my-shoes", train_count=4)
+    dataset = data.resolve_default_dataset(data_dir=given, log=quiet, system_dirs={})
+    assert (dataset.name, dataset.class_names) == ("my-shoes", None)
+    named = data.load_dataset("fashion-mnist", data_dir=given, log=quiet)
+    assert (named.name, named.class_names) == ("fashion-mnist", data.FASHION_MNIST_CLASSES)

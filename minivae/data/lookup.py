@@ -12,6 +12,7 @@ the registry's mirrors (minivae.data.fetch), each one verified before it is kept
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from minivae.errors import DataError
@@ -107,10 +108,11 @@ def resolve_default_dataset(data_dir=None, download=True, log=print, system_dirs
 
     In order: MNIST, found or downloaded as by ``load_dataset``; else a Fashion-MNIST copy already on
     the machine (never downloaded); else ``fashion-mnist-small``, which ships with minivae. With
-    ``data_dir``, the files there are loaded as MNIST, whatever they hold, and nothing else is tried.
+    ``data_dir``, the IDX files there (with MNIST's names) are loaded, whatever they hold, named by the
+    folder (``idx_files_in``), and nothing else is tried.
     """
     if data_dir is not None:
-        return load_dataset("mnist", data_dir=data_dir, log=log)
+        return idx_files_in(data_dir)
     try:
         mnist = load_dataset("mnist", download=download, log=log, system_dirs=system_dirs, timeout=timeout,
                              retries=retries, progressbar=progressbar)
@@ -140,6 +142,16 @@ def resolve_default_dataset(data_dir=None, download=True, log=print, system_dirs
     log(f"{mnist_where}, and no Fashion-MNIST copy is on it: training on fashion-mnist-small, the "
         f"{spec.train_count:,}-image Fashion-MNIST subset that ships with minivae (pass --dataset to choose)")
     return small
+
+
+def idx_files_in(data_dir):
+    """The four IDX files with MNIST's names in the user's folder ``data_dir`` (``--data-dir`` without
+    ``--dataset``), whatever dataset they hold: named by the folder (its last component), never
+    "mnist", their classes unnamed, and refused as "the IDX files" when one is missing."""
+    data_dir = os.fspath(data_dir)
+    dataset = _load_from_data_dir(DATASETS["mnist"], data_dir, what="the IDX files")
+    name = os.path.basename(os.path.abspath(data_dir)) or data_dir
+    return dataclasses.replace(dataset, name=name, class_names=None)
 
 
 def downloads_forbidden():
@@ -206,11 +218,12 @@ def _describe_missing(folder, missing):
     return "missing " + ", ".join(missing)
 
 
-def _load_from_data_dir(spec, data_dir):
-    """Load the files of ``spec`` from the user's ``data_dir``, which must hold all of them."""
+def _load_from_data_dir(spec, data_dir, what=None):
+    """Load the files of ``spec`` from the user's ``data_dir``, which must hold all of them; the error
+    calls them ``what`` (default: the dataset's name)."""
     missing = _missing_files(spec, data_dir)
     if missing:
-        raise DataError(f"{data_dir}: cannot load {spec.name} from this --data-dir folder "
+        raise DataError(f"{data_dir}: cannot load {what or spec.name} from this --data-dir folder "
                         f"({_describe_missing(data_dir, missing)}); put its files there "
                         f"({', '.join(spec.files)}, each raw or .gz) or leave out --data-dir to use "
                         f"the cache or a download")
