@@ -110,7 +110,7 @@ def run(args, comm=None):
     root = comm is None or comm.is_root
     log = (lambda message: None) if args.quiet or not root else print
     out = args.resume if args.resume else args.out
-    given = given_settings(args, SETTINGS)
+    given, loaded = given_settings(args, SETTINGS), None
     for name in ("data_dir", "data_file", "init_from"):  # a resume may run from another folder
         if name in given:
             given[name] = os.path.abspath(given[name])
@@ -119,26 +119,21 @@ def run(args, comm=None):
         dataset = given.get("dataset")
         refuse_unused({**DEFAULTS, **given, "likelihood": given.get("likelihood") or (
             DATASETS[dataset].likelihood_hint if dataset else None)}, given)
-        if "init_from" in given:
-            read_weights(given["init_from"])  # a file that cannot be read is refused before --out is made
+        if "init_from" in given:  # a file that does not fit the model is refused before --out is made
+            loaded = _checked_init_data(given, args, log)
     elif "init_from" in given:
         raise UsageError(f"--init-from starts a new run from a file's weights, and --resume {args.resume} "
                          f"continues a run from its checkpoint: drop one of them")
     with run_folder(opened, out, bool(args.resume), comm) as saved:
         settings = merge(given, saved, SETTINGS, args.resume)
-        dataset = _load_data(settings, args, log)
-        if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
-            settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)
-        if settings["likelihood"] is None:
-            settings["likelihood"] = dataset.likelihood_hint
-        refuse_unused(settings, given)
-        settings = table.used(settings)
+        dataset = loaded if loaded is not None else _load_data(settings, args, log)
+        settings = _completed(settings, dataset, given)
         backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
         if comm is not None:
             backend = comm.attach(backend)  # on a GPU: this rank's, and NCCL joined
         model = _build_model(settings, dataset, backend)
-        if settings["init_from"] is not None and not args.resume:
-            init_from(model, settings["init_from"])  # a tensor that does not fit: refused before config.json
+        if settings["init_from"] is not None and not os.path.exists(os.path.join(out, CHECKPOINT_NAME)):
+            init_from(model, settings["init_from"])  # also when a resume starts over from epoch 1
             log(f"starting from the weights of {settings['init_from']}")
         optimizer = Adam(model.parameters(), lr=settings["lr"])
         history, first_epoch = _resume_state(out, model, optimizer, dataset, log) if args.resume else ([], 1)
@@ -175,6 +170,33 @@ def _refuse_conflicts(given):
         for name in ("dataset", "data_dir"):
             if name in given:
                 raise UsageError(f"--data-file names the data, and so does {table.option(name)}: drop one of them")
+
+
+def _checked_init_data(given, args, log):
+    """The data of a fresh run with --init-from, after checking that the file's tensors fit the model the
+    command line describes (a missing or extra tensor, a wrong shape or dtype, a non-finite value: one
+    CheckpointError naming the tensor), so that nothing of the run is written for a file that does not.
+    The model's sizes come from the data (D, the image shape), hence the data are loaded here, once, and
+    its config from a NumPy model of the run's dtype, thrown away (the run builds its own on its backend)."""
+    settings = merge(given, None, SETTINGS)
+    dataset = _load_data(settings, args, log)
+    settings = _completed(settings, dataset, given)
+    host_model = _build_model(settings, dataset, get_backend("numpy", dtype=settings["dtype"], seed=settings["seed"]))
+    read_weights(settings["init_from"], config=host_model.config)
+    return dataset
+
+
+def _completed(settings, dataset, given):
+    """The run's settings with what its data decide (the dataset the default chose; the likelihood, when
+    none was given), a given setting its model does not use refused (UsageError), and those it does not
+    use dropped (what config.json records)."""
+    settings = dict(settings)
+    if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
+        settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)
+    if settings["likelihood"] is None:
+        settings["likelihood"] = dataset.likelihood_hint
+    refuse_unused(settings, given)
+    return table.used(settings)
 
 
 def _load_data(settings, args, log):

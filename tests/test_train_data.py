@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+import safetensors.numpy
+from safetensors import safe_open
 from tiny_data import images_and_labels
 
 from minivae import evaluate, explore, export, load_model, train
@@ -115,17 +117,52 @@ def test_init_from_starts_from_the_file_s_weights(arrays, exported, tmp_path, mo
     for name, value in weights.items():
         np.testing.assert_array_equal(seen[name], value, err_msg=name)
     assert json.loads((out / "config.json").read_text())["init_from"] == str(exported)
+    seen.clear()  # stopped before its first checkpoint, the run starts over from the file's weights
+    assert train.main(["--resume", str(out), "--quiet"]) == 130
+    for name, value in weights.items():
+        np.testing.assert_array_equal(seen[name], value, err_msg=name)
 
 
+def _rewritten(exported, folder, change):
+    """A copy of the exported file with ``change`` applied to its {name: array} (metadata kept)."""
+    with safe_open(str(exported), framework="np") as handle:
+        metadata, arrays = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    change(arrays)
+    path = folder / "changed.safetensors"
+    safetensors.numpy.save_file(arrays, str(path), metadata=metadata)
+    return path
+
+
+def _nan_in_fc3_bias(arrays):
+    arrays["fc3.bias"] = arrays["fc3.bias"].copy()
+    arrays["fc3.bias"][1] = np.nan
+
+
+def _fc4_bias_in_float16(arrays):
+    arrays["fc4.bias"] = arrays["fc4.bias"].astype(np.float16)
+
+
+MISFITS = {  # how the file is changed (None: as exported), the run's --hidden, and what the one line says
+    "shape": (None, 17, "tensor 'fc1.weight' has shape (16, 64), this model needs (17, 64)"),
+    "missing": (lambda arrays: arrays.pop("fc22.bias"), 16, "tensor 'fc22.bias' is missing"),
+    "extra": (lambda arrays: arrays.update(extra=np.zeros(2, np.float32)), 16, "tensor 'extra' is not a tensor"),
+    "dtype": (_fc4_bias_in_float16, 16, "tensor 'fc4.bias' has dtype F16"),
+    "non-finite": (_nan_in_fc3_bias, 16, "tensor 'fc3.bias' holds NaN or infinite values"),
+}
+
+
+@pytest.mark.parametrize("misfit", MISFITS)
 def test_init_from_a_file_that_does_not_fit_is_refused_before_the_run_is_written(arrays, exported, tmp_path,
-                                                                                  capsys):
+                                                                                  capsys, misfit):
+    change, hidden, words = MISFITS[misfit]
+    path = exported if change is None else _rewritten(exported, tmp_path, change)
+    small = [str(hidden) if SMALL[i - 1] == "--hidden" else flag for i, flag in enumerate(SMALL)]
     out = tmp_path / "run"
-    flags = [flag if flag != "16" or i != SMALL.index("--hidden") + 1 else "17" for i, flag in enumerate(SMALL)]
-    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", str(exported),
-                       "--out", str(out), *flags]) == 1
+    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", str(path),
+                       "--out", str(out), *small]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(exported) in err[0] and "'fc1.weight'" in err[0]
-    assert not (out / "config.json").exists()
+    assert len(err) == 1 and str(path) in err[0] and words in err[0]
+    assert not out.exists()  # not even the folder: the file is checked before --out is made
 
 
 def test_init_from_a_missing_file_creates_nothing(arrays, tmp_path, capsys):
