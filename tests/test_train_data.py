@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from safetensors import safe_open
-from tiny_data import images_and_labels
+from tiny_data import images_and_labels, write_dataset
 
 from minivae import evaluate, explore, export, load_model, train
 from minivae.checkpoint import load_checkpoint
@@ -177,3 +177,48 @@ def test_init_from_with_resume_is_one_line_and_exit_2(array_run, exported, capsy
     assert train.main(["--resume", str(array_run), "--init-from", str(exported), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init-from" in err[0] and "--resume" in err[0]
+
+
+@pytest.fixture(scope="module")
+def idx_folder_run(tmp_path_factory):
+    """A 1-epoch run on the IDX files of a folder named "shoes", given with --data-dir alone."""
+    folder = write_dataset(tmp_path_factory.mktemp("idx") / "shoes")
+    out = tmp_path_factory.mktemp("idx_run") / "run"
+    assert train.main(["--data-dir", str(folder), "--out", str(out), *SMALL]) == 0
+    return folder, out
+
+
+def test_data_dir_alone_is_called_by_its_folder_never_mnist(idx_folder_run, capsys):
+    """Issue 26, item 4: the files of a --data-dir may hold any dataset; evaluate and the explorer page
+    name them by the folder."""
+    folder, out = idx_folder_run
+    assert evaluate.main([str(out), "--iw-samples", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"on the IDX files in {folder}:" in printed and "mnist" not in printed
+    result = json.loads((out / "evaluation.json").read_text())
+    assert (result["dataset"], result["data_source"]) == (None, str(folder))
+    page = out / "explorer.html"
+    assert explore.main([str(out), "--out", str(page), "--points", "8", "--quiet"]) == 0
+    html = page.read_text()
+    assert '"dataset":"shoes"' in html and "mnist" not in html
+
+
+def test_a_data_dir_missing_a_file_is_one_line_naming_the_folder_not_mnist(tmp_path, capsys):
+    folder = write_dataset(tmp_path / "shoes")
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    assert train.main(["--data-dir", str(folder), "--out", str(tmp_path / "run"), *SMALL]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder}: cannot load the IDX files from this --data-dir folder" in err[0]
+    assert "mnist" not in err[0]
+
+
+def test_data_dir_with_a_dataset_is_called_by_the_dataset_s_name(idx_folder_run, tmp_path, capsys):
+    folder, _ = idx_folder_run
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "fashion-mnist", "--data-dir", str(folder), "--out", str(out), *SMALL]) == 0
+    assert evaluate.main([str(out), "--iw-samples", "2", "--no-progress"]) == 0
+    assert " on fashion-mnist: " in capsys.readouterr().out
+    assert train.main(["--dataset", "fashion-mnist", "--data-dir", str(folder), "--out", str(tmp_path / "big"),
+                       *SMALL, "--batch-size", "1000"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"training examples of fashion-mnist ({folder})" in err[0]
