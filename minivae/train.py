@@ -188,13 +188,15 @@ def _checked_init_data(given, args, log):
 
 def _completed(settings, dataset, given):
     """The run's settings with what its data decide (the dataset the default chose; the likelihood, when
-    none was given), a given setting its model does not use refused (UsageError), and those it does not
+    none was given; the share of --data-file held out), a given setting its model does not use refused (UsageError), and those it does not
     use dropped (what config.json records)."""
     settings = dict(settings)
     if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
         settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)
     if settings["likelihood"] is None:
         settings["likelihood"] = dataset.likelihood_hint
+    if settings["data_file"] is not None:
+        settings["test_fraction"] = dataset.test_fraction  # the share held out (None: the file's x_test)
     refuse_unused(settings, given)
     return table.used(settings)
 

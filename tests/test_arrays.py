@@ -58,7 +58,8 @@ def test_a_test_fraction_holds_out_a_seeded_draw_in_file_order(tmp_path, suffix)
     else:
         np.savez(path, x=x, y=np.arange(40) % 7)
     train, test, dataset = held_out(path, test_fraction=0.25, seed=3)
-    assert len(test) == 10 and len(train) == 30
+    assert len(test) == 10 and len(train) == 30 and dataset.test_fraction == 0.25
+    assert held_out(path)[2].test_fraction == data.arrays.DEFAULT_TEST_FRACTION == 0.1
     assert sorted(np.concatenate([train, test])) == list(range(40))  # each item in exactly one split
     assert list(train) == sorted(train) and list(test) == sorted(test)  # file order kept
     again_train, again_test, _ = held_out(path, test_fraction=0.25, seed=3)
@@ -150,3 +151,4 @@ def test_a_file_with_its_own_test_set_takes_no_test_fraction(tmp_path):
     np.savez(path, x=GOOD_X, x_test=GOOD_X[:2])
     with pytest.raises(DataError, match="holds its own test set \\(field 'x_test'\\)"):
         data.load_array_dataset(path, test_fraction=0.2)
+    assert data.load_array_dataset(path).test_fraction is None

@@ -54,6 +54,16 @@ def test_rows_of_a_npy_hold_out_the_test_fraction(arrays, tmp_path):
     assert load_model(out).config["input_dim"] == 12
 
 
+def test_the_default_test_fraction_is_recorded_as_used(arrays, tmp_path):
+    """Without --test-fraction a file without x_test gives 0.1 of its items to the test set: config.json
+    says so, so the run's split does not hang on a default that may change."""
+    out = tmp_path / "run"
+    assert train.main(["--data-file", str(arrays / "rows.npy"), "--out", str(out), *SMALL]) == 0
+    assert json.loads((out / "config.json").read_text())["test_fraction"] == 0.1
+    assert evaluate.main([str(out), "--iw-samples", "2", "--quiet"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["test_points"] == 8  # 0.1 of 80
+
+
 def test_evaluate_and_explore_read_the_run_s_arrays(array_run, arrays, capsys):
     assert evaluate.main([str(array_run), "--iw-samples", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out

@@ -28,8 +28,8 @@ def load_array_dataset(path, test_fraction=None, seed=0, name=None, likelihood_h
     """The ``Dataset`` of the arrays in ``path`` (see the module docstring).
 
     ``test_fraction`` (in (0, 1); None: ``DEFAULT_TEST_FRACTION``) is how much of ``x`` is held out
-    when the file has no ``x_test``; a file with ``x_test`` takes none. ``name`` defaults to the
-    file's name. Images keep their (H, W) as ``image_shape``; rows of D values get (1, D).
+    when the file has no ``x_test`` (the Dataset's ``test_fraction`` says how much was); a file with
+    ``x_test`` takes none. ``name`` defaults to the file's name. Images keep their (H, W) as ``image_shape``; rows of D values get (1, D).
     """
     path = os.fspath(path)
     fields = _read_fields(path)
@@ -51,8 +51,10 @@ def load_array_dataset(path, test_fraction=None, seed=0, name=None, likelihood_h
         if "y_test" in fields:
             raise DataError(f"{path}, field 'y_test': test labels without test data (x_test); add x_test "
                             f"or remove y_test")
+        test_fraction = DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction)
         x, y, x_test, y_test = _held_out(path, x, y, test_fraction, seed)
-    return Dataset(name or os.path.basename(path), x, y, x_test, y_test, image_shape, path, likelihood_hint)
+    return Dataset(name or os.path.basename(path), x, y, x_test, y_test, image_shape, path, likelihood_hint,
+                   test_fraction=test_fraction)
 
 
 def _read_fields(path):
@@ -126,9 +128,8 @@ def _labels(path, field, labels, count):
     return labels
 
 
-def _held_out(path, x, y, test_fraction, seed):
-    """(x, y, x_test, y_test): a ``test_fraction`` of the items, drawn with ``seed``, held out."""
-    fraction = DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction)
+def _held_out(path, x, y, fraction, seed):
+    """(x, y, x_test, y_test): a ``fraction`` of the items, drawn with ``seed``, held out."""
     count = len(x)
     test_count = round(fraction * count)
     if not 0 < fraction < 1 or not 0 < test_count < count:

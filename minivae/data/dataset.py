@@ -19,7 +19,8 @@ class Dataset:
     ``image_shape`` is (1, D)). ``train_y`` / ``test_y`` are int64 labels of shape (N,), or None
     for a dataset without labels (frey). ``source`` is the folder or file the data were read from;
     ``likelihood_hint`` is ``"bernoulli"`` or ``"gaussian"``; ``class_names`` names the labels 0,
-    1, ... (None when unknown).
+    1, ... (None when unknown). ``test_fraction`` is the share of a file's items held out as the
+    test set (your own arrays without ``x_test``), else None.
     """
 
     name: str
@@ -31,6 +32,7 @@ class Dataset:
     source: str
     likelihood_hint: str
     class_names: tuple[str, ...] | None = None
+    test_fraction: float | None = None
 
 
 def pixels_in_unit_range(pixels, source):
