@@ -85,6 +85,8 @@ REFUSED = [
     (["--objective", "iwae", "--beta", "1"], "--beta weights the KL term of the ELBO objective, which the iwae "
      "objective does not have: drop --beta, or pass --objective elbo"),
     (["--objective", "iwae", "--kl-warmup", "2"], "--kl-warmup ramps up the KL weight of the ELBO objective"),
+    (["--test-fraction", "0.2"], "--test-fraction holds out a test set from --data-file's arrays, which only "
+     "--data-file has: drop --test-fraction, or pass --data-file FILE"),
 ]
 
 
@@ -138,6 +140,19 @@ def test_a_run_records_only_what_its_model_uses(data_dir, tmp_path):
     checkpoint = load_checkpoint(out / "checkpoint.npz")
     assert checkpoint.config["channels"] == [2, 3]
     assert checkpoint.extra["settings"] == {key: value for key, value in config.items() if key != "version"}
+
+
+def test_the_test_fraction_is_used_only_with_a_data_file():
+    """A setting that ``needs`` another is used, and recorded, only when that one is given."""
+    assert settings.SETTINGS["test_fraction"].needs == "data_file"
+    assert settings.used({"data_file": None, "test_fraction": 0.2, "seed": 1}) == {"data_file": None, "seed": 1}
+    assert settings.used({"data_file": "/d.npz", "test_fraction": 0.2}) == {"data_file": "/d.npz", "test_fraction": 0.2}
+    assert settings.unused({"data_file": "/d.npz"}, ["test_fraction"]) is None
+    assert settings.saved_problem({**settings.defaults(settings.RUN_SETTINGS), "likelihood": "bernoulli",
+                                   "data_file": "/d.npz", "test_fraction": 1.5}) == \
+        "test_fraction=1.5 must be a number in (0, 1)"
+    for name in ("data_file", "test_fraction", "init_from"):  # runs written before them still resume
+        assert settings.SETTINGS[name].added_later and settings.SETTINGS[name].default is None
 
 
 # ------------------------------------------------------------------------------ runs written before the table
