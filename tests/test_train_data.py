@@ -111,7 +111,20 @@ def exported(array_run, tmp_path_factory):
     return path
 
 
-def test_init_from_starts_from_the_file_s_weights(arrays, exported, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def pytorch_file(exported, tmp_path_factory):
+    """The exported tensors without minivae's metadata: a file as safetensors.torch.save_file writes the
+    PyTorch example's state dict."""
+    with safe_open(str(exported), framework="np") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    path = tmp_path_factory.mktemp("pytorch") / "vae.safetensors"
+    safetensors.numpy.save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize("written_by", ["minivae", "pytorch"])
+def test_init_from_starts_from_the_file_s_weights(arrays, exported, pytorch_file, tmp_path, monkeypatch, written_by):
+    exported = exported if written_by == "minivae" else pytorch_file
     seen = {}
 
     def first_step(self, *args, **kwargs):  # the weights the first step starts from, then stop
