@@ -126,6 +126,7 @@ def run(args, comm=None):
                          f"continues a run from its checkpoint: drop one of them")
     with run_folder(opened, out, bool(args.resume), comm) as saved:
         settings = merge(given, saved, SETTINGS, args.resume)
+        _refuse_conflicts(settings, args.resume)
         dataset = loaded if loaded is not None else _load_data(settings, args, log)
         settings = _completed(settings, dataset, given)
         backend = get_backend(settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
@@ -164,12 +165,18 @@ def run(args, comm=None):
         return history
 
 
-def _refuse_conflicts(given):
-    """UsageError for two flags that each name the data: --data-file with --dataset or --data-dir."""
-    if "data_file" in given:
-        for name in ("dataset", "data_dir"):
-            if name in given:
-                raise UsageError(f"--data-file names the data, and so does {table.option(name)}: drop one of them")
+def _refuse_conflicts(settings, resumed=None):
+    """UsageError for two flags that each name the data: --data-file with --dataset or --data-dir, both
+    given, or (``resumed``: the run's folder) the saved run's --data-file and a --data-dir given now."""
+    if settings.get("data_file") is None:
+        return
+    for name in ("dataset", "data_dir"):
+        if settings.get(name) is not None:
+            flag = table.option(name)
+            if resumed:
+                raise UsageError(f"--resume {resumed}: the run trains on --data-file {settings['data_file']}, "
+                                 f"which {flag} would replace: drop {flag}")
+            raise UsageError(f"--data-file names the data, and so does {flag}: drop one of them")
 
 
 def _checked_init_data(given, args, log):

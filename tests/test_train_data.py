@@ -87,6 +87,15 @@ def test_data_file_with_another_source_of_data_is_one_line_and_exit_2(arrays, tm
     assert not out.exists()
 
 
+def test_a_data_dir_on_resuming_a_data_file_run_is_one_line_and_exit_2(array_run, tmp_path, capsys):
+    config = (array_run / "config.json").read_text()
+    folder = write_dataset(tmp_path / "idx")
+    assert train.main(["--resume", str(array_run), "--data-dir", str(folder), "--epochs", "9", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run trains on --data-file" in err[0] and "drop --data-dir" in err[0]
+    assert (array_run / "config.json").read_text() == config  # nothing recorded
+
+
 def test_test_fraction_without_a_data_file_is_refused_and_never_recorded(tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(["--test-fraction", "0.2", "--out", str(out), *SMALL]) == 2
