@@ -105,7 +105,7 @@ SETTINGS = {setting.name: setting for setting in (
             help="train on your own arrays: a .npz (fields x, optional y, x_test, y_test) or a .npy of images "
                  "(N, H, W) or rows (N, D), uint8 0..255 or floats in [0, 1] (minivae/data/arrays.py)"),
     Setting("test_fraction", checks.open_fraction, None, convert=float, nullable=True, added_later=True,
-            needs="data_file", default_text="0.1, when the file holds no x_test",
+            needs="data_file", metavar="F", default_text="0.1, when the file holds no x_test",
             help="share of --data-file's x held out as the test set (drawn with --seed)",
             purpose="holds out a test set from --data-file's arrays"),
     Setting("binarize", checks.one_of(_binarize_modes), "none", choices=_binarize_modes,

@@ -134,6 +134,7 @@ def pytorch_file(exported, tmp_path_factory):
 @pytest.mark.parametrize("written_by", ["minivae", "pytorch"])
 def test_init_from_starts_from_the_file_s_weights(arrays, exported, pytorch_file, tmp_path, monkeypatch, written_by):
     exported = exported if written_by == "minivae" else pytorch_file
+    monkeypatch.chdir(exported.parent)  # given by its bare name, recorded by its absolute path
     seen = {}
 
     def first_step(self, *args, **kwargs):  # the weights the first step starts from, then stop
@@ -142,7 +143,7 @@ def test_init_from_starts_from_the_file_s_weights(arrays, exported, pytorch_file
 
     monkeypatch.setattr(train.VAE, "loss_and_backward", first_step)
     out = tmp_path / "run"
-    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", str(exported),
+    assert train.main(["--data-file", str(arrays / "images.npz"), "--init-from", exported.name,
                        "--out", str(out), *SMALL]) == 130
     _, _, weights = read_weights(exported)
     assert seen.keys() == weights.keys()
