@@ -174,8 +174,8 @@ def _refuse_conflicts(settings, resumed=None):
         if settings.get(name) is not None:
             flag = table.option(name)
             if resumed:
-                raise UsageError(f"--resume {resumed}: the run trains on --data-file {settings['data_file']}, "
-                                 f"which {flag} would replace: drop {flag}")
+                raise UsageError(f"--resume {resumed}: the run trains on --data-file "
+                                 f"{settings['data_file']}, which {flag} would replace: drop {flag}")
             raise UsageError(f"--data-file names the data, and so does {flag}: drop one of them")
 
 
@@ -188,15 +188,15 @@ def _checked_init_data(given, args, log):
     settings = merge(given, None, SETTINGS)
     dataset = _load_data(settings, args, log)
     settings = _completed(settings, dataset, given)
-    host_model = _build_model(settings, dataset, get_backend("numpy", dtype=settings["dtype"], seed=settings["seed"]))
-    read_weights(settings["init_from"], config=host_model.config)
+    host = get_backend("numpy", dtype=settings["dtype"], seed=settings["seed"])
+    read_weights(settings["init_from"], config=_build_model(settings, dataset, host).config)
     return dataset
 
 
 def _completed(settings, dataset, given):
     """The run's settings with what its data decide (the dataset the default chose; the likelihood, when
-    none was given; the share of --data-file held out), a given setting its model does not use refused (UsageError), and those it does not
-    use dropped (what config.json records)."""
+    none was given; the share of --data-file held out), a given setting its model does not use refused
+    (UsageError), and those it does not use dropped (what config.json records)."""
     settings = dict(settings)
     if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
         settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)

@@ -132,7 +132,8 @@ def pytorch_file(exported, tmp_path_factory):
 
 
 @pytest.mark.parametrize("written_by", ["minivae", "pytorch"])
-def test_init_from_starts_from_the_file_s_weights(arrays, exported, pytorch_file, tmp_path, monkeypatch, written_by):
+def test_init_from_starts_from_the_file_s_weights(arrays, exported, pytorch_file, tmp_path, monkeypatch,
+                                                  written_by):
     exported = exported if written_by == "minivae" else pytorch_file
     monkeypatch.chdir(exported.parent)  # given by its bare name, recorded by its absolute path
     seen = {}

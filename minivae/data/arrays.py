@@ -29,7 +29,8 @@ def load_array_dataset(path, test_fraction=None, seed=0, name=None, likelihood_h
 
     ``test_fraction`` (in (0, 1); None: ``DEFAULT_TEST_FRACTION``) is how much of ``x`` is held out
     when the file has no ``x_test`` (the Dataset's ``test_fraction`` says how much was); a file with
-    ``x_test`` takes none. ``name`` defaults to the file's name. Images keep their (H, W) as ``image_shape``; rows of D values get (1, D).
+    ``x_test`` takes none. ``name`` defaults to the file's name. Images keep their (H, W) as
+    ``image_shape``; rows of D values get (1, D).
     """
     path = os.fspath(path)
     fields = _read_fields(path)
