@@ -157,9 +157,10 @@ def save_safetensors(model, path, run_settings=None):
 # read
 
 
-def read_weights(path, config=None):
+def read_weights(path, config=None, fix=None):
     """Read and check a safetensors file. ``config``: the model it must fit (default: the file's own,
-    from its metadata, or from the example's shapes when it has none).
+    from its metadata, or from the example's shapes when it has none); ``fix``: what a refusal of a
+    tensor's name or shape tells the user to do (default: export the file again).
 
     Returns ``(config, dtype, params)``: the config, "float32" or "float64", and ``{minivae parameter
     name: NumPy array}`` in minivae's layouts. Raises CheckpointError naming the file and the tensor
@@ -179,7 +180,7 @@ def read_weights(path, config=None):
                 config = _file_config(path, metadata, header)
             example_names = uses_example_names(config) and "fc1.weight" in header
             tensors = layout(config, example_names)
-            dtype = _check_header(path, header, tensors, metadata.get(META_DTYPE), from_shapes)
+            dtype = _check_header(path, header, tensors, metadata.get(META_DTYPE), from_shapes, fix)
             arrays = {t.name: handle.get_tensor(t.name) for t in tensors}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); "
@@ -232,11 +233,11 @@ def _config_from_shapes(path, header):
             "activation": "relu", "likelihood": "bernoulli", "variance": 1.0, "n_samples": 1}
 
 
-def _check_header(path, header, tensors, declared, from_shapes=False):
+def _check_header(path, header, tensors, declared, from_shapes=False, fix=None):
     """Names, shapes and dtypes of the header against ``tensors``; returns the file's dtype name."""
     expected = {t.name: t.shape for t in tensors}
     sizes = " (its sizes read from fc1.weight, fc21.weight, fc3.weight)" if from_shapes else ""
-    fix = "export the run again with python -m minivae.export, or save the model's state_dict unchanged"
+    fix = fix or "export the run again with python -m minivae.export, or save the model's state_dict unchanged"
     for name in expected:
         if name not in header:
             raise CheckpointError(f"{path}: tensor {name!r} is missing (the model needs {', '.join(expected)}); {fix}")
@@ -290,11 +291,14 @@ def load_safetensors(path, backend=None):
     return model
 
 
+INIT_FIX = "build the model the file holds (its sizes, its architecture), or pass a file that fits this one"
+
+
 def init_from(model, path):
     """Copy the weights of the safetensors file at ``path`` into ``model`` (``--init-from FILE``): its
     tensors must be those of ``model``'s config (names, shapes; float32 or float64, cast to the model's
     dtype) and finite, else CheckpointError naming the tensor and nothing is changed. Only the weights
     are taken: the model's own activation, likelihood and objective stay."""
-    _, _, params = read_weights(path, config=model.config)
+    _, _, params = read_weights(path, config=model.config, fix=INIT_FIX)
     for p in model.parameters():
         p.data[...] = model.backend.to_device(params[p.name].astype(model.backend.dtype, copy=False))

@@ -43,6 +43,8 @@ METRICS_COLUMNS = ("epoch", "train_loss", "train_reconstruction", "train_kl", "t
 # at the epoch's last step.
 EVAL_BATCH_SIZE = 1000
 RETRY_HINT = "Start a new run (another --out) with a lower --lr, or with --dtype float64"
+INIT_FLAGS_FIX = ("pass the flags of the model the file holds (--hidden, --latent-dim, --architecture, ...), or "
+                  "another --init-from file")
 
 SETTINGS = ("dataset", "data_dir", "data_file", "test_fraction", "backend", "dtype", "epochs", "batch_size", "lr", "latent_dim", "n_samples",
             "hidden", "decoder_hidden", "architecture", "channels", "activation", "likelihood", "variance",
@@ -189,7 +191,7 @@ def _checked_init_data(given, args, log):
     dataset = _load_data(settings, args, log)
     settings = _completed(settings, dataset, given)
     host = get_backend("numpy", dtype=settings["dtype"], seed=settings["seed"])
-    read_weights(settings["init_from"], config=_build_model(settings, dataset, host).config)
+    read_weights(settings["init_from"], config=_build_model(settings, dataset, host).config, fix=INIT_FLAGS_FIX)
     return dataset
 
 

@@ -196,6 +196,8 @@ def test_init_from_a_file_that_does_not_fit_is_refused_before_the_run_is_written
                        "--out", str(out), *small]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and words in err[0]
+    if misfit in ("shape", "missing", "extra"):  # the fix named is the flags, not exporting the file again
+        assert "pass the flags of the model the file holds" in err[0]
     assert not out.exists()  # not even the folder: the file is checked before --out is made
 
 
