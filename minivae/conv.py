@@ -161,9 +161,17 @@ class _Convolution(Layer):
 
     def _set_grads(self, rows, cols, dy):
         """Eq. (28): ``dW_mat = cols^T rows`` put back in W's layout; ``db = dy`` summed over batch,
-        height and width. rows: (N, K), cols: (N, kh*kw*C)."""
+        height and width. rows: (N, K), cols: (N, kh*kw*C).
+
+        OpenBLAS runs this product (a long inner dimension N, a small output) fastest with the
+        output's longer side along its rows: where kh*kw*C >= K it is taken as its transpose
+        ``dW_mat^T = rows^T cols`` (one core, the conv VAE's 512 x 64: 4.8 ms against 5.2 ms; its
+        16 x 32 the other way: 0.47 ms against 0.57 ms)."""
         K, C, kh, kw = self.W.data.shape
-        self.W.grad[...] = (cols.T @ rows).reshape(kh, kw, C, K).transpose(3, 2, 0, 1)
+        if cols.shape[1] >= rows.shape[1]:
+            self.W.grad[...] = (rows.T @ cols).reshape(K, kh, kw, C).transpose(0, 3, 1, 2)
+        else:
+            self.W.grad[...] = (cols.T @ rows).reshape(kh, kw, C, K).transpose(3, 2, 0, 1)
         dy.sum(axis=(0, 2, 3), out=self.b.grad)
 
     def __repr__(self):
