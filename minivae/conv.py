@@ -109,8 +109,7 @@ def _im2col_matmul(xp, conv_kernels, x, weight_matrix, kernel, stride, padding, 
     B, _, H, W = x.shape
     out_size = (conv_output_size(H, kernel[0], stride, padding), conv_output_size(W, kernel[1], stride, padding))
     if conv_kernels is not None:
-        cols = conv_kernels.im2col(x, kernel, stride, padding, out_size)
-        return conv_kernels.rows_to_images(cols @ weight_matrix, bias, B, *out_size), cols
+        return conv_kernels.im2col_matmul(x, weight_matrix, kernel, stride, padding, out_size, bias)
     cols = im2col(xp, x, kernel, stride, padding, out_size)
     y = _from_pixel_rows(cols @ weight_matrix, B, *out_size)
     return (y if bias is None else _add_bias(xp, y, bias)), cols
@@ -121,7 +120,7 @@ def _matmul_col2im(xp, conv_kernels, dy_rows, weight_matrix, image_shape, kernel
     its input x of ``image_shape`` (B, C, H, W), given the rows ``_rows`` of dy (B, K, OH, OW), with
     ``out_size`` (OH, OW), and ``weight_matrix`` (kh*kw*C, K); ``bias`` (C,) or None. Returns dx."""
     if conv_kernels is not None:
-        return conv_kernels.col2im(dy_rows @ weight_matrix.T, image_shape, kernel, stride, padding, out_size, bias)
+        return conv_kernels.matmul_col2im(dy_rows, weight_matrix, image_shape, kernel, stride, padding, out_size, bias)
     dx = col2im(xp, dy_rows @ weight_matrix.T, image_shape, kernel, stride, padding, out_size)
     return dx if bias is None else _add_bias(xp, dx, bias)
 

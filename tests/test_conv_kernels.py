@@ -6,7 +6,8 @@ minivae/conv.py, which stays the reference.
   changes are copies; col2im adds the same terms in the same order (i, then j) as the plain scatter,
   then the bias with the same one addition. The fused rows are ordered (b, u, v), the plain (u, v, b):
   the tests reorder one to compare;
-- Conv2d and ConvTranspose2d, forward and backward, fused against plain: y, dx and db the same bits
+- Conv2d and ConvTranspose2d, forward and backward, fused (the batch in one chunk, and one image a
+  chunk) against plain: y, dx and db the same bits
   (in float64; float32 within 1e-6 of the largest value, the rounding of one product), dW = cols^T rows
   within 1e-12 (float64) and 1e-5 (float32) of its largest entry, because the fused rows reach the
   product's sum over rows in another order;
@@ -99,7 +100,10 @@ def layer_pass(fused, layer_spec, dtype, threads=1):
 
 @pytest.mark.parametrize("layer_spec", LAYERS, ids=lambda spec: f"{spec[0].__name__}{spec[1:6]}")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_fused_layers_match_the_plain_layers(layer_spec, dtype):
+@pytest.mark.parametrize("chunk_bytes", [ConvKernels.chunk_bytes, 1], ids=["whole-batch", "image-chunks"])
+def test_fused_layers_match_the_plain_layers(layer_spec, dtype, chunk_bytes, monkeypatch):
+    """The fused layers against the plain ones, with the batch in one chunk, and one image a chunk."""
+    monkeypatch.setattr(ConvKernels, "chunk_bytes", chunk_bytes)
     fused, plain = layer_pass(True, layer_spec, dtype), layer_pass(False, layer_spec, dtype)
     for name in ("y", "dx", "db", "dW"):
         assert fused[name].dtype == plain[name].dtype == np.dtype(dtype)
