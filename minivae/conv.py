@@ -18,11 +18,13 @@ then each of im2col's kh*kw strided views ``x_pad[i::stride, j::stride]`` has it
 contiguous, and the copies run over long rows (6x faster than from NCHW for the conv VAE's second
 layer; col2im 2x). The layers take and return NCHW.
 
-On a NumPy backend with its fused kernels, im2col, col2im (with the bias), the bias of eq. (27) and
-the image <-> rows copies are Numba kernels instead (minivae/kernels/conv_cpu.py, offered by the
-backend's CPU kernels; a layer's ``conv_kernels``, None where the backend has none, as CuPy): one
-pass each, image by image, the rows ordered (b, u, v) rather than (u, v, b). The functions here stay
-the reference the kernels are tested against (tests/test_conv_kernels.py).
+On a NumPy backend with its fused kernels, im2col with its product, the product with its col2im
+(and the bias), and the image <-> rows views are those of minivae/kernels/conv_cpu.py instead
+(offered by the backend's CPU kernels; a layer's ``conv_kernels``, None where the backend has none,
+as CuPy): Numba passes image by image, the rows ordered (b, u, v) rather than (u, v, b), a chunk of
+images at a time, and the images between layers held pixel-major (a layer then returns a (B, C, H,
+W) view of (B, H, W, C) memory). The functions here stay the reference the kernels are tested
+against (tests/test_conv_kernels.py).
 """
 
 import math
