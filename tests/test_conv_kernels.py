@@ -130,9 +130,12 @@ def test_same_bits_on_one_and_two_row_threads():
 
 
 def test_layers_give_the_same_bits_on_one_and_two_threads(monkeypatch):
+    """One thread with the whole batch in one chunk against two threads with one image a chunk."""
     monkeypatch.setattr(RowThreads, "min_elements_per_thread", 1)
-    for spec in LAYERS[1:3]:
-        one, two = layer_pass(True, spec, "float32", threads=1), layer_pass(True, spec, "float32", threads=2)
+    ones = [layer_pass(True, spec, "float32", threads=1) for spec in LAYERS[1:3]]
+    monkeypatch.setattr(ConvKernels, "chunk_bytes", 1)
+    twos = [layer_pass(True, spec, "float32", threads=2) for spec in LAYERS[1:3]]
+    for one, two in zip(ones, twos):
         for name in one:
             np.testing.assert_array_equal(one[name], two[name])
 
