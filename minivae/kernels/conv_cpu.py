@@ -21,6 +21,9 @@ the cols its backward reads), and which rows exist and what each holds is unchan
 - ``rows_to_images`` (eq. (27)'s ``+ b``): ``rows[(b, u, v), k] += bias[k]`` in place; the rows are
   then the pixel-major image.
 - ``image_rows``: the rows (b, h, w) of an image: a view of a pixel-major image, a copy otherwise.
+- ``im2col_matmul`` (eq. (26)-(27)) and ``matmul_col2im`` (eq. (29)-(30)), the layers' passes: the
+  above with the matrix product between, a chunk of images (~2 MB of columns) at a time, so that
+  the product reads the columns from the core's cache rather than from memory.
 
 The values in every row of a matrix product are then those of the plain code, so y and every input
 gradient are too; only ``dW = cols^T rows`` (eq. (28)) and ``db = sum dy`` sum their B*OH*OW rows in
