@@ -108,6 +108,17 @@ def test_conv_transpose2d_gradients_match_finite_differences(make_backend, g):
         assert row.error <= DEFAULT_TOLERANCE, (row.name, row.error, g)
 
 
+@pytest.mark.parametrize("kind, in_channels, out_channels", [
+    ("conv2d", 1, 7), ("conv2d", 3, 1), ("conv_transpose2d", 7, 1), ("conv_transpose2d", 1, 3)])
+def test_weight_gradient_in_both_orientations_of_its_product(make_backend, kind, in_channels, out_channels):
+    """``_set_grads`` takes dW_mat = cols^T rows as itself where the kernel matrix has fewer rows
+    kh*kw*C (6 with this 3x2 kernel and one channel) than columns K (7), as its transpose otherwise:
+    both orientations against finite differences, with a kernel that is not square."""
+    _, rows = check_conv(kind, make_backend("float64"), 2, in_channels, out_channels, (7, 6), (3, 2), 2, 1)
+    for row in rows:
+        assert row.error <= DEFAULT_TOLERANCE, (row.name, row.error)
+
+
 @given(g=Geometry)
 def test_forwards_match_a_direct_loop(make_backend, g):
     backend = make_backend("float64", seed=3)
@@ -144,7 +155,8 @@ def test_forward_leaves_input_and_dtype_alone(make_backend):
         y = layer.forward(x)
         dx = layer.backward(backend.standard_normal(y.shape))
         assert y.dtype == dx.dtype == layer.W.grad.dtype == backend.dtype
-        assert y.flags.c_contiguous
+        # C-contiguous, or (the fused kernels) the (B, C, H, W) view of C-contiguous pixel-major memory
+        assert y.flags.c_contiguous or y.transpose(0, 2, 3, 1).flags.c_contiguous
         np.testing.assert_array_equal(backend.to_numpy(x), before)
 
 

@@ -6,7 +6,8 @@ minivae/conv.py, which stays the reference.
   changes are copies; col2im adds the same terms in the same order (i, then j) as the plain scatter,
   then the bias with the same one addition. The fused rows are ordered (b, u, v), the plain (u, v, b):
   the tests reorder one to compare;
-- Conv2d and ConvTranspose2d, forward and backward, fused against plain: y, dx and db the same bits
+- Conv2d and ConvTranspose2d, forward and backward, fused (the batch in one chunk, and one image a
+  chunk) against plain: y, dx and db the same bits
   (in float64; float32 within 1e-6 of the largest value, the rounding of one product), dW = cols^T rows
   within 1e-12 (float64) and 1e-5 (float32) of its largest entry, because the fused rows reach the
   product's sum over rows in another order;
@@ -71,9 +72,10 @@ def test_each_kernel_is_the_plain_function_bit_for_bit(g):
     rows = draw(rng, (OH * OW * B, 3), dtype)
     bias = draw(rng, (3,), dtype)
     as_images = conv._from_pixel_rows(rows, B, OH, OW)
-    np.testing.assert_array_equal(kernels.rows_to_images(image_major(rows, B, (OH, OW)), bias, B, OH, OW),
+    fused_rows = image_major(rows, B, (OH, OW)).copy()  # rows_to_images adds the bias in place
+    np.testing.assert_array_equal(kernels.rows_to_images(fused_rows.copy(), bias, B, OH, OW),
                                   conv._add_bias(np, as_images, bias))
-    np.testing.assert_array_equal(kernels.rows_to_images(image_major(rows, B, (OH, OW)), None, B, OH, OW), as_images)
+    np.testing.assert_array_equal(kernels.rows_to_images(fused_rows, None, B, OH, OW), as_images)
     np.testing.assert_array_equal(kernels.image_rows(x), image_major(conv._pixel_rows(x), B, shape[2:]))
 
 
@@ -98,7 +100,10 @@ def layer_pass(fused, layer_spec, dtype, threads=1):
 
 @pytest.mark.parametrize("layer_spec", LAYERS, ids=lambda spec: f"{spec[0].__name__}{spec[1:6]}")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_fused_layers_match_the_plain_layers(layer_spec, dtype):
+@pytest.mark.parametrize("chunk_bytes", [ConvKernels.chunk_bytes, 1], ids=["whole-batch", "image-chunks"])
+def test_fused_layers_match_the_plain_layers(layer_spec, dtype, chunk_bytes, monkeypatch):
+    """The fused layers against the plain ones, with the batch in one chunk, and one image a chunk."""
+    monkeypatch.setattr(ConvKernels, "chunk_bytes", chunk_bytes)
     fused, plain = layer_pass(True, layer_spec, dtype), layer_pass(False, layer_spec, dtype)
     for name in ("y", "dx", "db", "dW"):
         assert fused[name].dtype == plain[name].dtype == np.dtype(dtype)
@@ -117,17 +122,20 @@ def test_same_bits_on_one_and_two_row_threads():
     results = []
     for threads in (1, 2):
         kernels = kernels_on(threads, min_elements_per_thread=1)  # cut even these small arrays
-        results.append([kernels.im2col(x, *args), kernels.col2im(cols, x.shape, *args, bias=bias),
-                        kernels.rows_to_images(rows, bias, 6, 7, 7), kernels.image_rows(x)])
+        results.append([kernels.im2col(x, *args), kernels.col2im(cols, x.shape, *args, bias=bias[:5]),
+                        kernels.rows_to_images(rows.copy(), bias, 6, 7, 7), kernels.image_rows(x)])
         assert (kernels.row_threads._pool is not None) == (threads == 2)  # the blocks ran on a worker
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
 
 
 def test_layers_give_the_same_bits_on_one_and_two_threads(monkeypatch):
+    """One thread with the whole batch in one chunk against two threads with one image a chunk."""
     monkeypatch.setattr(RowThreads, "min_elements_per_thread", 1)
-    for spec in LAYERS[1:3]:
-        one, two = layer_pass(True, spec, "float32", threads=1), layer_pass(True, spec, "float32", threads=2)
+    ones = [layer_pass(True, spec, "float32", threads=1) for spec in LAYERS[1:3]]
+    monkeypatch.setattr(ConvKernels, "chunk_bytes", 1)
+    twos = [layer_pass(True, spec, "float32", threads=2) for spec in LAYERS[1:3]]
+    for one, two in zip(ones, twos):
         for name in one:
             np.testing.assert_array_equal(one[name], two[name])
 

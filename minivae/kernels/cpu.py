@@ -283,6 +283,18 @@ def _rows(array):
     return array.reshape(array.shape[0], -1)
 
 
+def _memory_axes(array):
+    """The axes of ``array`` (B, ...) with the batch first, the others by decreasing stride: the
+    order its values lie in memory (the conv kernels' pixel-major images: B, H, W, C)."""
+    return (0, *sorted(range(1, array.ndim), key=lambda axis: -array.strides[axis]))
+
+
+def _new_rows_like(array, axes):
+    """A new array of ``array``'s shape laid out in the order ``axes``, and its (B, rest) rows view."""
+    rows = np.empty((array.shape[0], math.prod(array.shape[1:])), array.dtype)
+    return rows.reshape([array.shape[a] for a in axes]).transpose(np.argsort(axes)), rows
+
+
 def _common_dtype(*arrays):
     """The arrays in their common dtype (cast only where one differs, as the plain formulas would)."""
     dtype = np.result_type(*arrays)
@@ -340,15 +352,17 @@ class CpuKernels(ConvKernels):
 
     def relu(self, x):
         """``y = x * [x > 0]``: x (B, ...) -> y, a new array."""
-        y = np.empty(x.shape, x.dtype)
-        self.row_threads.run(_relu, _rows(x), _rows(y))
+        axes = _memory_axes(x)  # y laid out as x: a pass in memory order for the conv kernels' images
+        y, y_rows = _new_rows_like(x, axes)
+        self.row_threads.run(_relu, _rows(x.transpose(axes)), y_rows)
         return y
 
     def relu_backward(self, dy, y):
         """Eq. (13): ``dx = dy * [y > 0]``: dy, y (B, ...) -> dx, a new array."""
         dy, y = _common_dtype(dy, y)
-        dx = np.empty(dy.shape, dy.dtype)
-        self.row_threads.run(_relu_backward, _rows(dy), _rows(y), _rows(dx))
+        axes = _memory_axes(y)  # dx laid out as y
+        dx, dx_rows = _new_rows_like(dy, axes)
+        self.row_threads.run(_relu_backward, _rows(dy.transpose(axes)), _rows(y.transpose(axes)), dx_rows)
         return dx
 
     def adam_update(self, theta, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
