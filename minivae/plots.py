@@ -12,14 +12,13 @@ file behind.
 Each ``save_*`` function is split in two: ``_*_figure`` (or a ``*_grid`` helper) builds the picture
 from arrays, and ``_save_figure`` writes it. Images are drawn in grey with ``vmin=0, vmax=1``,
 nearest-neighbour, without ticks, at an integer number of screen pixels per image pixel.
+
+matplotlib and scipy.special are imported where a figure or a quantile is first needed, not with
+this module: together they take longer to import than the rest of minivae, and
+``python -m minivae.train --help`` or a run's first training step need neither.
 """
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from scipy.special import ndtri  # the standard normal quantile function, scipy.stats.norm.ppf
 
 from minivae.fileio import atomic_write
 
@@ -89,6 +88,8 @@ def manifold_latents(n=20):
     so z1 increases to the right and z2 increases upward. The end points 0 and 1 are excluded
     (their quantiles are infinite).
     """
+    from scipy.special import ndtri  # the standard normal quantile function, scipy.stats.norm.ppf
+
     n = _int_at_least("n", n, 2)
     q = ndtri(np.linspace(0.05, 0.95, n))
     z1, z2 = np.meshgrid(q, q[::-1])  # z1[i, j] = q[j], z2[i, j] = q[n - 1 - i]
@@ -185,6 +186,9 @@ def save_latent_scatter(path, means, labels=None, class_names=None):
 
 def _new_figure(width_in, height_in):
     """A Figure on its own Agg canvas: no pyplot, no global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width_in, height_in), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -233,6 +237,8 @@ def _loss_figure(epochs, train_loss, test_loss, test_loss_mean=None):
     ax.plot(x, curves["test_loss"], marker="o", markersize=3, label="test")
     if "test_loss_mean" in curves:
         ax.plot(x, curves["test_loss_mean"], marker="o", markersize=3, linestyle="--", label="test, z = mu")
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no tick at 1.5
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per sample (nats)")
@@ -296,6 +302,8 @@ def _class_names(classes, class_names):
 
 def _class_colours(k):
     """k distinct colours: tab10 up to 10 classes, tab20 up to 20, viridis beyond."""
+    import matplotlib
+
     if k <= 20:
         cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
         return [cmap(i) for i in range(k)]
