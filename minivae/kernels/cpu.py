@@ -172,18 +172,20 @@ class CpuKernels(ConvKernels):
     row's total as an (N, 1) column, whose sum over axis 1 (the caller's) is itself.
     """
 
-    # The Bernoulli kernel stays on one thread below this many values. With exp's 2^-k made from its
-    # bits it takes ~1.2 ns a value (a 128 x 784 batch: ~120 us, 2-core Zen 4), and handing half to
-    # another thread costs ~60 us of wake-ups: for the default batch, a split gains nothing.
-    bernoulli_min_split = 262144
+    # The Bernoulli kernel is split over the row threads only above this many times the values per
+    # thread that RowThreads asks for (its min_elements_per_thread, 32,768: 262,144 values). Its exp
+    # and log1p make it ~1.2 ns a value in one pass (a 128 x 784 batch: ~120 us on a 2-core Zen 4),
+    # against which handing half to another thread (~60 us of wake-ups) gains nothing.
+    bernoulli_split_factor = 8
 
     def __init__(self, row_threads):
         self.row_threads = row_threads
 
-    def _run_whole_below(self, min_split, function, *arrays):
-        """``function(*arrays)`` on this thread when the first array has fewer than ``min_split``
-        values, else on the row threads (the same bits either way: rows are independent)."""
-        if arrays[0].size < min_split:
+    def _rows_on_threads(self, factor, function, *arrays):
+        """``function(*arrays)`` on the row threads when the first array holds at least ``factor``
+        times the values per thread the row threads split at; on this thread below (the same bits
+        either way: each row is computed on its own)."""
+        if arrays[0].size < factor * self.row_threads.min_elements_per_thread:
             function(*arrays)
         else:
             self.row_threads.run(function, *arrays)
@@ -193,14 +195,14 @@ class CpuKernels(ConvKernels):
         logits, x = _common_dtype(logits, x)
         nll = np.empty((logits.shape[0], 1), logits.dtype)
         dlogits = np.empty(logits.shape, logits.dtype)
-        self._run_whole_below(self.bernoulli_min_split, BERNOULLI[logits.dtype], logits, x, nll, dlogits)
+        self._rows_on_threads(self.bernoulli_split_factor, BERNOULLI[logits.dtype], logits, x, nll, dlogits)
         return nll, dlogits
 
     def bernoulli_nll(self, logits, x):
         """Eq. (8) alone: logits, x (N, D) -> nll (N, 1) (CPU only: the evaluation's forward pass)."""
         logits, x = _common_dtype(logits, x)
         nll = np.empty((logits.shape[0], 1), logits.dtype)
-        self._run_whole_below(self.bernoulli_min_split, BERNOULLI_NLL[logits.dtype], logits, x, nll)
+        self._rows_on_threads(self.bernoulli_split_factor, BERNOULLI_NLL[logits.dtype], logits, x, nll)
         return nll
 
     def reparameterize(self, mu, logvar, eps):
