@@ -9,8 +9,6 @@ themselves: they use ``backend.xp`` and ``backend.special`` of the Backend they 
 import os
 import warnings
 
-import importlib
-
 import numpy as np
 
 from .errors import BackendUnavailable
@@ -33,7 +31,7 @@ class Backend:
     Attributes:
         name: "numpy" or "cupy" (or the name of a test double).
         xp: the array module (``numpy`` or ``cupy``).
-        special: ``scipy.special`` or ``cupyx.scipy.special``.
+        special: ``scipy.special`` (imported on first use: ``ScipySpecial``) or ``cupyx.scipy.special``.
         dtype: the floating dtype every array of the model is created in.
         rng: a ``Generator`` of ``xp.random``, seeded once; a seed reproduces a NumPy run bit for bit.
         kernels: fused elementwise kernels computing the same formulas as the plain ``xp`` code in
@@ -140,30 +138,26 @@ class Backend:
         device_state[...] = self.xp.asarray(saved.astype(device_state.dtype))
 
 
+class ScipySpecial:
+    """``scipy.special``, imported on first use: its import (~0.2 s) takes longer than the rest of
+    minivae's, and neither ``import minivae`` nor a Bernoulli training step needs it (the fused
+    kernels compute the sigmoid themselves)."""
+
+    def __getattr__(self, name):
+        import scipy.special
+
+        return getattr(scipy.special, name)
+
+    def __repr__(self):
+        return "ScipySpecial() (scipy.special, imported on first use)"
+
+
 def numpy_backend(dtype="float32", seed=0, threads=None):
     """The CPU backend: NumPy with scipy.special, on ``threads`` threads (default ``cpu_thread_count()``),
     with the fused Numba kernels of ``cpu_kernels`` when they are on and installed."""
     row_threads = RowThreads(cpu_thread_count() if threads is None else threads)
-    return Backend("numpy", np, SCIPY_SPECIAL, dtype=dtype, seed=seed, kernels=cpu_kernels(row_threads),
+    return Backend("numpy", np, ScipySpecial(), dtype=dtype, seed=seed, kernels=cpu_kernels(row_threads),
                    row_threads=row_threads)
-
-
-class LazyModule:
-    """A module imported on the first use of one of its names: ``scipy.special`` costs 0.15-0.25 s to
-    import, which ``import minivae`` and ``python -m minivae.train --help`` need not pay (the NumPy
-    backend's ``special`` is this stand-in until a likelihood or a layer first calls ``expit``)."""
-
-    def __init__(self, name):
-        self._name = name
-
-    def __getattr__(self, attribute):
-        return getattr(importlib.import_module(self._name), attribute)
-
-    def __repr__(self):
-        return f"<module {self._name!r}, imported on first use>"
-
-
-SCIPY_SPECIAL = LazyModule("scipy.special")
 
 
 def cpu_kernels(row_threads):

@@ -145,11 +145,16 @@ class Linear(Layer):
 
     Initialised as PyTorch's ``nn.Linear``: W and b uniform in [-1/sqrt(in), 1/sqrt(in)].
     ``needs_input_grad = False`` skips ``dx`` (for the first layer, whose input is the data).
+    ``forward_relu`` and ``backward_relu`` are this layer and the ReLU after it, run as one by the
+    backend's fused kernels (``Sequential`` uses them where the backend has them: the CPU's).
     """
 
     def __init__(self, in_features, out_features, backend, name=""):
         super().__init__(name)
         self.xp = backend.xp
+        # the CPU's fused kernels for this layer with a ReLU after it (minivae/kernels/cpu.py), or None
+        self.bias_relu = getattr(backend.kernels, "bias_relu", None)
+        self.relu_backward_column_sums = getattr(backend.kernels, "relu_backward_column_sums", None)
         bound = 1.0 / math.sqrt(in_features)
         W = (backend.uniform((in_features, out_features)) * 2 - 1) * bound
         b = (backend.uniform((out_features,)) * 2 - 1) * bound
@@ -171,12 +176,39 @@ class Linear(Layer):
 
         dy: (B, out) -> dx: (B, in), or None when ``needs_input_grad`` is False.
         """
+        dy.sum(axis=0, out=self.b.grad)  # db = sum_rows dy
+        return self._weight_and_input_grads(dy)
+
+    def fuses(self, layer):
+        """Whether ``forward_relu``/``backward_relu`` can run this layer and ``layer`` after it as one:
+        ``layer`` is a ReLU, the backend has the fused kernels, and the ReLU's forward and backward are
+        its class's (one replaced on the instance, as the recorder of gradcheck's
+        ``smallest_relu_inputs``, is called: the pair then runs unfused)."""
+        return (isinstance(layer, ReLU) and self.bias_relu is not None and self.relu_backward_column_sums is not None
+                and not {"forward", "backward"} & set(vars(layer)))
+
+    def forward_relu(self, x, relu):
+        """``a = relu(x W + b)``, eq. (4), (6) and the ReLU: the product, then the bias and the ReLU in
+        one pass (the kernel ``bias_relu``). Caches x here and a on ``relu``, as the two forwards would."""
+        self._cache = x
+        a = self.bias_relu(x @ self.W.data, self.b.data)
+        relu._cache = a
+        return a
+
+    def backward_relu(self, da, relu):
+        """Eq. (13) then eq. (12): ``dy = da * [a > 0]``; ``dW = x^T dy``, ``db = sum_rows dy``,
+        ``dx = dy W^T``. dy and db come from one pass (the kernel ``relu_backward_column_sums``), the
+        products as in ``backward``. da: (B, out) -> dx: (B, in), or None as ``backward``."""
+        dy = self.relu_backward_column_sums(da, relu._saved(), self.b.grad)  # dy, and db = sum_rows dy
+        return self._weight_and_input_grads(dy)
+
+    def _weight_and_input_grads(self, dy):
+        """Eq. (12)'s products: ``dW = x^T dy`` into W's gradient; returns ``dx = dy W^T`` (or None)."""
         x = self._saved()
-        self.xp.matmul(x.T, dy, out=self.W.grad)
-        dy.sum(axis=0, out=self.b.grad)
+        self.xp.matmul(x.T, dy, out=self.W.grad)  # dW = x^T dy
         if not self.needs_input_grad:
             return None
-        return dy @ self.W.data.T
+        return dy @ self.W.data.T  # dx = dy W^T
 
 
 class ReLU(Layer):
@@ -248,15 +280,29 @@ class Sequential(Layer):
         return [p for layer in self.layers for p in layer.parameters()]
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        for linear, layer in self._pieces():
+            x = layer.forward(x) if linear is None else linear.forward_relu(x, layer)
         return x
 
     def backward(self, dy):
         """The chain rule: each layer's backward (eq. (12)-(15)) feeds the one before it."""
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        for linear, layer in reversed(self._pieces()):
+            dy = layer.backward(dy) if linear is None else linear.backward_relu(dy, layer)
         return dy
+
+    def _pieces(self):
+        """The layers in order as (None, layer), except a Linear followed by a ReLU it ``fuses``:
+        (linear, relu), run as one by its ``forward_relu`` / ``backward_relu``."""
+        pieces, i = [], 0
+        while i < len(self.layers):
+            layer, after = self.layers[i], self.layers[i + 1] if i + 1 < len(self.layers) else None
+            if isinstance(layer, Linear) and layer.fuses(after):
+                pieces.append((layer, after))
+                i += 2
+            else:
+                pieces.append((None, layer))
+                i += 1
+        return pieces
 
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")

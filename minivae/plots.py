@@ -13,8 +13,9 @@ Each ``save_*`` function is split in two: ``_*_figure`` (or a ``*_grid`` helper)
 from arrays, and ``_save_figure`` writes it. Images are drawn in grey with ``vmin=0, vmax=1``,
 nearest-neighbour, without ticks, at an integer number of screen pixels per image pixel.
 
-matplotlib and scipy.special are imported where a figure or a quantile is first needed, not with this
-module: ``python -m minivae.train --help`` and the library's import stay quick (benchmarks/README.md).
+matplotlib and scipy.special are imported where a figure or a quantile is first needed, not with
+this module: together they take longer to import than the rest of minivae, and
+``python -m minivae.train --help`` or a run's first training step need neither.
 """
 
 import numpy as np
@@ -87,9 +88,9 @@ def manifold_latents(n=20):
     so z1 increases to the right and z2 increases upward. The end points 0 and 1 are excluded
     (their quantiles are infinite).
     """
-    n = _int_at_least("n", n, 2)
     from scipy.special import ndtri  # the standard normal quantile function, scipy.stats.norm.ppf
 
+    n = _int_at_least("n", n, 2)
     q = ndtri(np.linspace(0.05, 0.95, n))
     z1, z2 = np.meshgrid(q, q[::-1])  # z1[i, j] = q[j], z2[i, j] = q[n - 1 - i]
     return np.stack([z1.ravel(), z2.ravel()], axis=1)

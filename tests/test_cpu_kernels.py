@@ -15,8 +15,8 @@ import scipy.special
 from minivae import backend as backend_module
 from minivae.backend import numpy_backend
 from minivae.gaussian import head_gradient, kl_divergence, reparameterize
-from minivae.kernels import cpu
-from minivae.layers import Parameter, ReLU
+from minivae.kernels import bernoulli_cpu, cpu
+from minivae.layers import Parameter, ReLU, mlp
 from minivae.likelihoods import Bernoulli
 from minivae.model import VAE
 from minivae.optim import SGD, Adam
@@ -113,6 +113,34 @@ def test_relu_kernels_give_the_plain_results_bit_for_bit(dtype):
         assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))  # bits, NaN and -0.0 too
 
 
+def _mlp_pass(backend, x, dy):
+    """Forward and backward of a Linear-ReLU-Linear-ReLU-Linear network: [output, dx, every grad]."""
+    network = mlp([x.shape[1], 11, 9, dy.shape[1]], "relu", backend, "n")
+    for layer in network.layers:  # the same values on both backends, in the backend's dtype
+        for p in layer.parameters():
+            p.data = _random(backend.dtype, p.data.shape, seed=len(p.name) + p.data.size)
+    y = network.forward(x)
+    return [y, network.backward(dy)] + [p.grad.copy() for p in network.parameters()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_relu_kernels_give_the_plain_results_bit_for_bit(dtype):
+    """Linear + ReLU fused (the bias and the ReLU in one pass; dy = da [a > 0] and db = sum_rows dy
+    in one pass) against the plain Linear and ReLU: the same operations in the same order (db adds
+    the rows 0 to B-1, as NumPy does), so the same bits, in float32 and float64."""
+    fused, plain = _pair(dtype, threads=2, min_elements=5)
+    x = _random(dtype, (301, 13), seed=1)
+    x[:, 0] *= 1e4  # terms of very different sizes: an other order of db's sum would round differently
+    dy = _random(dtype, (301, 7), seed=2)
+    network = mlp([13, 11, 9, 7], "relu", fused, "n")
+    assert all(network.layers[i].fuses(network.layers[i + 1]) for i in (0, 2))  # the fused path runs
+    assert not mlp([13, 11, 7], "relu", plain, "n").layers[0].fuses(ReLU("r"))
+    results = [_mlp_pass(backend, x, dy) for backend in (fused, plain)]
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype == np.dtype(dtype) and a.shape == b.shape
+        assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
+
+
 # ------------------------------------------------------------------------ Bernoulli likelihood
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -160,7 +188,7 @@ def test_the_kernels_softplus_and_sigmoid_are_within_3_ulps_of_the_truth(dtype):
     """With one pixel per row and x = 0, the kernel's NLL is softplus(l) and its gradient sigmoid(l):
     both against long-double references over the whole range of its polynomial exp (and beyond),
     within 3 ulps, or 2 of the smallest subnormals where the truth is subnormal."""
-    cutoff = float(cpu.polynomials(dtype).exp_cutoff)
+    cutoff = float(bernoulli_cpu.polynomials(dtype).exp_cutoff)
     logits = np.concatenate([np.linspace(-cutoff - 5, cutoff + 5, 100001), np.linspace(-2, 2, 20001)])
     logits = logits.astype(dtype)[:, None]
     fused, _ = _pair(dtype)
@@ -327,8 +355,8 @@ def _env():
 
 
 def test_every_kernel_is_cached_and_releases_the_gil():
-    kernels = [f for f in vars(cpu).values() if hasattr(f, "targetoptions")]
-    assert len(kernels) >= 10
+    kernels = [f for module in (cpu, bernoulli_cpu) for f in vars(module).values() if hasattr(f, "targetoptions")]
+    assert len(kernels) >= 15
     for kernel in kernels:
         assert kernel.targetoptions.get("nogil") is True, kernel.__name__
         assert kernel.targetoptions.get("error_model") == "numpy", kernel.__name__

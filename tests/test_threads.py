@@ -11,6 +11,7 @@ import pytest
 
 from minivae.backend import numpy_backend
 from minivae.threads import RowThreads, cpu_thread_count
+from minivae.layers import mlp
 from minivae.likelihoods import Bernoulli
 from minivae.model import VAE
 from minivae.optim import SGD, Adam
@@ -167,6 +168,20 @@ def test_bernoulli_rows_on_threads_are_the_same_bits():
     np.testing.assert_allclose(nll_1, Bernoulli(_backend(1, dtype="float32")).nll(logits, x), rtol=1e-6)
     nll_mixed, grad_mixed = Bernoulli(_backend(3, dtype="float32")).nll_and_grad(logits, x.astype(np.float64))
     assert nll_mixed.dtype == grad_mixed.dtype == np.float64  # as nll() and whole-array formulas give
+
+
+def test_linear_relu_on_threads_is_the_same_bits():
+    """The fused Linear + ReLU (its bias-and-ReLU pass split over rows) on 1, 2 and 3 threads."""
+    rng = np.random.default_rng(4)
+    x, dy = rng.standard_normal((33, 10)).astype(np.float32), rng.standard_normal((33, 6)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        network = mlp([10, 8, 6], "relu", _backend(threads, dtype="float32"), "n")
+        assert network.layers[0].fuses(network.layers[1])
+        results.append([network.forward(x), network.backward(dy)] + [p.grad.copy() for p in network.parameters()])
+    for other in results[1:]:
+        for expected, got in zip(results[0], other):
+            assert np.array_equal(expected, got)
 
 
 def test_a_default_training_step_is_the_same_bits_on_one_and_two_threads():

@@ -120,33 +120,43 @@ optimizer.step()
 
 
 def time_startup(args):
-    """Start-up to the end of the first training step, in a new process each time: the plain path,
+    """Start-up, in a new process each time: the interpreter alone, ``import minivae``,
+    ``python -m minivae.train --help``, and to the end of the first training step: the plain path,
     the fused one compiling its kernels (an empty NUMBA_CACHE_DIR), and loading them from that cache."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(BENCHMARKS_DIR),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    results = {"plain": [], "fused, compiling": [], "fused, cached": []}
-    startup_script = os.path.join(tempfile.mkdtemp(prefix="bench_startup_"), "first_step.py")
-    with open(startup_script, "w") as script:
-        script.write(STARTUP_CODE)
+                                                                      os.environ.get("PYTHONPATH")])),
+           "PYTHONWARNINGS": "ignore"}
+    folder = tempfile.mkdtemp(prefix="bench_startup_")
+    scripts = {name: os.path.join(folder, f"{name}.py") for name in ("nothing", "import_minivae", "first_step")}
+    for name, code in (("nothing", "pass\n"), ("import_minivae", "import minivae\n"), ("first_step", STARTUP_CODE)):
+        with open(scripts[name], "w") as script:
+            script.write(code)
+    results = {"python, nothing imported": [], "import minivae": [], "python -m minivae.train --help": [],
+               "first step, plain": [], "first step, fused compiling": [], "first step, fused cached": []}
     for repeat in range(args.repeats):
         cache = tempfile.mkdtemp(prefix="bench_numba_cache_")
         try:
-            for name, extra in (("plain", {"MINIVAE_KERNELS": "plain"}),
-                                ("fused, compiling", {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache}),
-                                ("fused, cached", {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache})):
-                results[name].append(run_python(startup_script, [], {**env, **extra, "PYTHONWARNINGS": "ignore"}))
+            for name, target, arguments, extra in (
+                    ("python, nothing imported", scripts["nothing"], [], {}),
+                    ("import minivae", scripts["import_minivae"], [], {}),
+                    ("python -m minivae.train --help", "minivae.train", ["--help"], {}),
+                    ("first step, plain", scripts["first_step"], [], {"MINIVAE_KERNELS": "plain"}),
+                    ("first step, fused compiling", scripts["first_step"], [], {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache}),
+                    ("first step, fused cached", scripts["first_step"], [], {"MINIVAE_KERNELS": "fused", "NUMBA_CACHE_DIR": cache})):
+                results[name].append(run_python(target, arguments, {**env, **extra}))
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         print(f"  round {repeat + 1}: " + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in results.items()), flush=True)
-    shutil.rmtree(os.path.dirname(startup_script), ignore_errors=True)
-    plain = [seconds for seconds, _ in results["plain"]]
+    shutil.rmtree(folder, ignore_errors=True)
+    plain = [seconds for seconds, _ in results["first step, plain"]]
     body = []
     for name, runs in results.items():
         seconds = [s for s, _ in runs]
         added = [a - b for a, b in zip(seconds, plain)]
         peaks = [rss for _, rss in runs if rss is not None]
-        body.append([name, spread(seconds), spread(added) if name != "plain" else "-",
+        body.append([name, spread(seconds), spread(added) if "fused" in name else "-",
                      f"{max(peaks):.0f}" if peaks else "-"])
-    print(f"\nprocess start to the end of the first training step (default model, batch 128), {args.repeats} "
-          f"rounds, median (min-max) in seconds; 'added' is paired with the plain run of the same round")
+    print(f"\nprocess start to its end: the interpreter alone, import minivae, train --help, and the first training "
+          f"step (default model, batch 128; plain, fused compiling, fused cached); {args.repeats} rounds, median "
+          f"(min-max) in seconds; 'added' is paired with the plain run of the same round")
     print(markdown_table(["run", "seconds", "added to plain", "peak RSS MiB"], body))

@@ -18,19 +18,16 @@ read-only), so that later processes load it instead of compiling. The loops are 
 to vectorise them: ``error_model="numpy"`` (no Python zero-division checks), no float sum inside
 an elementwise loop (a sum may not be reordered, which stops vectorisation: rows are summed in
 ``_row_sum`` instead, where reordering is allowed), and exp and log1p as polynomials in the
-Bernoulli kernel, because a call into libm cannot be vectorised.
+Bernoulli kernel (minivae/kernels/bernoulli_cpu.py), because a call into libm cannot be vectorised.
 """
 
-import decimal
 import math
-from collections import namedtuple
 
 import numba
 import numpy as np
 
+from .bernoulli_cpu import BERNOULLI, BERNOULLI_NLL, JIT as _JIT, row_sum as _row_sum
 from .conv_cpu import ConvKernels
-
-_JIT = dict(nogil=True, cache=True, error_model="numpy")
 
 
 # ------------------------------------------------------------------------------ optimizer updates
@@ -89,6 +86,31 @@ def _relu_backward(dy, y, dx):
             dx[i, j] = dy[i, j] * (one if y[i, j] > zero else zero)
 
 
+@numba.njit(**_JIT)
+def _bias_relu(y, b):
+    """Eq. (4), (6) then the ReLU, in place: ``y <- (y + b) * [y + b > 0]`` for y = x W (B, out), b (out,):
+    the ``y += b`` of ``Linear.forward`` and the ``x * [x > 0]`` of ``ReLU.forward`` in one pass."""
+    zero, one = y.dtype.type(0), y.dtype.type(1)
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            t = y[i, j] + b[j]
+            y[i, j] = t * (one if t > zero else zero)
+
+
+@numba.njit(**_JIT)
+def _relu_backward_column_sums(da, a, dy, db):
+    """Eq. (13) then eq. (12)'s bias gradient: ``dy = da * [a > 0]`` and ``db = sum_rows dy``, one
+    pass. The rows are added in order, 0 to B-1, as NumPy's ``dy.sum(axis=0)`` adds them."""
+    zero, one = a.dtype.type(0), a.dtype.type(1)
+    for j in range(dy.shape[1]):
+        db[j] = zero
+    for i in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            dyij = da[i, j] * (one if a[i, j] > zero else zero)
+            dy[i, j] = dyij
+            db[j] += dyij
+
+
 # ---------------------------------------------------------------------- the Gaussian posterior
 
 @numba.njit(**_JIT)
@@ -127,155 +149,6 @@ def _head_gradient(dz_sum, dz_eps_sum, mu, logvar, dmu, dlogvar):
                              + half * (np.exp(logvar[b, j]) - one))
 
 
-# ------------------------------------------------------------------ the Bernoulli likelihood
-
-Polynomials = namedtuple("Polynomials", "zero one two half inv_ln2 ln2_hi ln2_lo exp_cutoff exp_taylor "
-                                        "powers_of_half atanh_tail")
-
-
-def polynomials(dtype):
-    """The constants of ``_exp_minus`` and ``_log1p_unit`` for ``dtype``, in that dtype, each derived here.
-
-    - ``exp_cutoff``: exp(-a) rounds to 0 for a above it (below half the smallest subnormal,
-      2^-(nmant - minexp + 1)); k = round(a / ln 2) <= round(cutoff / ln 2) then fits ``k_bits`` bits.
-    - ``ln2_hi + ln2_lo = ln 2`` to twice the dtype's precision (ln 2 from ``decimal``), ln2_hi
-      rounded to nmant + 1 - k_bits significant bits, so that k * ln2_hi is exact (Cody and Waite).
-    - ``powers_of_half``: 2^-(2^b) for b < k_bits, one per binary digit of k.
-    - ``exp_taylor``: 1/n!, n = degree .. 0, with the remainder r^(n+1)/(n+1)! e^r for
-      |r| <= ln(2)/2 below eps/8 (an eighth of an ulp of 1).
-    - ``atanh_tail``: 1/(2n+3), n = terms-1 .. 0, with the series' remainder, at most
-      (9/8) (1/9)^(terms+1) / (2 terms + 3) for s <= 1/3, below eps/8.
-    """
-    info = np.finfo(dtype)
-    real, eps = info.dtype.type, float(info.eps)
-    with decimal.localcontext() as context:
-        context.prec = 50
-        ln2 = decimal.Decimal(2).ln()
-        exp_cutoff = math.ceil((info.nmant - info.minexp + 1) * float(ln2))
-        k_bits = round(exp_cutoff / float(ln2)).bit_length()
-        hi_scale = 2 ** (info.nmant + 1 - k_bits)
-        ln2_hi = decimal.Decimal(round(ln2 * hi_scale)) / hi_scale  # exact: a multiple of a power of 2
-        ln2_lo = float(ln2 - ln2_hi)
-    r = float(ln2) / 2
-    degree = next(n for n in range(1, 40) if r ** (n + 1) / math.factorial(n + 1) * math.exp(r) < eps / 8)
-    terms = next(n for n in range(1, 40) if 9 / 8 * (1 / 9) ** (n + 1) / (2 * n + 3) < eps / 8)
-    return Polynomials(real(0), real(1), real(2), real(0.5), real(1 / float(ln2)), real(float(ln2_hi)),
-                       real(ln2_lo), real(exp_cutoff),
-                       tuple(real(1 / math.factorial(n)) for n in range(degree, -1, -1)),
-                       tuple(real(2.0 ** -(2 ** b)) for b in range(k_bits)),
-                       tuple(real(1 / (2 * n + 3)) for n in range(terms - 1, -1, -1)))
-
-
-_FLOAT32, _FLOAT64 = polynomials(np.float32), polynomials(np.float64)
-
-
-@numba.njit(inline="always", **_JIT)
-def _horner(coefficients, q):
-    """``sum_n c_n q^n`` for coefficients given from the highest power down (Horner's rule)."""
-    p = coefficients[0]
-    for c in coefficients[1:]:
-        p = p * q + c
-    return p
-
-
-@numba.njit(inline="always", **_JIT)
-def _exp_minus(a, c):
-    """exp(-a) for a >= 0 (NaN gives exp(-cutoff)), to about an ulp, without libm.
-
-    a = k ln2 + r with k = round(a / ln 2), so |r| <= ln(2)/2 and exp(-a) = 2^-k exp(-r):
-    exp(-r) by its Taylor polynomial, then times 2^-(2^b) for each binary digit b of k."""
-    a = a if a < c.exp_cutoff else c.exp_cutoff
-    k = np.floor(a * c.inv_ln2 + c.half)
-    r = (a - k * c.ln2_hi) - k * c.ln2_lo
-    p = _horner(c.exp_taylor, -r)
-    digits = np.int64(k)
-    for half_power in c.powers_of_half:
-        if digits & 1:
-            p *= half_power
-        digits >>= 1
-    return p
-
-
-@numba.njit(inline="always", **_JIT)
-def _log1p_unit(e, c):
-    """log(1 + e) for e in [0, 1], to about an ulp, without libm: with s = e / (2 + e) in [0, 1/3],
-    1 + e = (1 + s) / (1 - s), so log(1 + e) = 2 atanh(s) = 2s + 2s s^2 (1/3 + s^2/5 + s^4/7 + ...):
-    2s, exact up to s's rounding, plus a tail below 1/27 of it, whose rounding matters less."""
-    s = e / (c.two + e)
-    s2 = s * s
-    return c.two * s + c.two * s * s2 * _horner(c.atanh_tail, s2)
-
-
-@numba.njit(inline="always", **_JIT)
-def _softplus(l, c):
-    """(softplus(l), e) with e = exp(-|l|) in [0, 1]: ``softplus(l) = max(l, 0) + log1p(e)``, as
-    ``likelihoods.softplus`` writes it (max keeping a NaN, as NumPy's does)."""
-    e = _exp_minus(abs(l), c)
-    return (c.zero if l < c.zero else l) + _log1p_unit(e, c), e
-
-
-@numba.njit(inline="always", **_JIT)
-def _bernoulli(logits, x, nll, dlogits, c):
-    """Eq. (8) and (10) for rows of logits and x (N, D), into nll (N, 1) and dlogits (N, D):
-    ``nll = sum_d softplus(l) - x l``; ``sigmoid(l) = 1/(1 + e)`` for l >= 0, ``e/(1 + e)`` for l < 0
-    (no overflow either way); ``dlogits = sigmoid(l) - x``, plus ``softplus - softplus`` (0, or NaN
-    where l is not finite, as the plain code's exp(l - softplus) gives)."""
-    terms = np.empty(logits.shape[1], logits.dtype)
-    for i in range(logits.shape[0]):
-        for j in range(logits.shape[1]):
-            l, xij = logits[i, j], x[i, j]
-            softplus, e = _softplus(l, c)
-            terms[j] = softplus - xij * l
-            sigmoid = (c.one if l >= c.zero else e) / (c.one + e)
-            dlogits[i, j] = sigmoid - xij + (softplus - softplus)
-        nll[i, 0] = _row_sum(terms)
-
-
-@numba.njit(inline="always", **_JIT)
-def _bernoulli_nll(logits, x, nll, c):
-    """Eq. (8) alone (for evaluation: no gradient): ``nll = sum_d softplus(l) - x l`` into nll (N, 1)."""
-    terms = np.empty(logits.shape[1], logits.dtype)
-    for i in range(logits.shape[0]):
-        for j in range(logits.shape[1]):
-            terms[j] = _softplus(logits[i, j], c)[0] - x[i, j] * logits[i, j]
-        nll[i, 0] = _row_sum(terms)
-
-
-@numba.njit(**_JIT)
-def _bernoulli_float32(logits, x, nll, dlogits):
-    _bernoulli(logits, x, nll, dlogits, _FLOAT32)
-
-
-@numba.njit(**_JIT)
-def _bernoulli_float64(logits, x, nll, dlogits):
-    _bernoulli(logits, x, nll, dlogits, _FLOAT64)
-
-
-@numba.njit(**_JIT)
-def _bernoulli_nll_float32(logits, x, nll):
-    _bernoulli_nll(logits, x, nll, _FLOAT32)
-
-
-@numba.njit(**_JIT)
-def _bernoulli_nll_float64(logits, x, nll):
-    _bernoulli_nll(logits, x, nll, _FLOAT64)
-
-
-_BERNOULLI = {np.dtype(np.float32): _bernoulli_float32, np.dtype(np.float64): _bernoulli_float64}
-_BERNOULLI_NLL = {np.dtype(np.float32): _bernoulli_nll_float32, np.dtype(np.float64): _bernoulli_nll_float64}
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
-def _row_sum(values):
-    """The sum of a 1-D array, its additions reordered as LLVM vectorises them best (``reassoc``,
-    this function only): the order depends only on the length, so the bits do not change with the
-    threads."""
-    total = values.dtype.type(0)
-    for j in range(values.shape[0]):
-        total += values[j]
-    return total
-
-
 # ---------------------------------------------------------------------------------- the kernels
 
 def _rows(array):
@@ -311,22 +184,37 @@ class CpuKernels(ConvKernels):
     row's total as an (N, 1) column, whose sum over axis 1 (the caller's) is itself.
     """
 
+    # The Bernoulli kernel is split over the row threads only above this many times the values per
+    # thread that RowThreads asks for (its min_elements_per_thread, 32,768: 262,144 values). Its exp
+    # and log1p make it ~1.2 ns a value in one pass (a 128 x 784 batch: ~120 us on a 2-core Zen 4),
+    # against which handing half to another thread (~60 us of wake-ups) gains nothing.
+    bernoulli_split_factor = 8
+
     def __init__(self, row_threads):
         self.row_threads = row_threads
+
+    def _rows_on_threads(self, factor, function, *arrays):
+        """``function(*arrays)`` on the row threads when the first array holds at least ``factor``
+        times the values per thread the row threads split at; on this thread below (the same bits
+        either way: each row is computed on its own)."""
+        if arrays[0].size < factor * self.row_threads.min_elements_per_thread:
+            function(*arrays)
+        else:
+            self.row_threads.run(function, *arrays)
 
     def bernoulli_nll_and_grad(self, logits, x):
         """Eq. (8) and (10): logits, x (N, D) -> (nll (N, 1), dlogits (N, D))."""
         logits, x = _common_dtype(logits, x)
         nll = np.empty((logits.shape[0], 1), logits.dtype)
         dlogits = np.empty(logits.shape, logits.dtype)
-        self.row_threads.run(_BERNOULLI[logits.dtype], logits, x, nll, dlogits)
+        self._rows_on_threads(self.bernoulli_split_factor, BERNOULLI[logits.dtype], logits, x, nll, dlogits)
         return nll, dlogits
 
     def bernoulli_nll(self, logits, x):
         """Eq. (8) alone: logits, x (N, D) -> nll (N, 1) (CPU only: the evaluation's forward pass)."""
         logits, x = _common_dtype(logits, x)
         nll = np.empty((logits.shape[0], 1), logits.dtype)
-        self.row_threads.run(_BERNOULLI_NLL[logits.dtype], logits, x, nll)
+        self._rows_on_threads(self.bernoulli_split_factor, BERNOULLI_NLL[logits.dtype], logits, x, nll)
         return nll
 
     def reparameterize(self, mu, logvar, eps):
@@ -364,6 +252,19 @@ class CpuKernels(ConvKernels):
         dx, dx_rows = _new_rows_like(dy, axes)
         self.row_threads.run(_relu_backward, _rows(dy.transpose(axes)), _rows(y.transpose(axes)), dx_rows)
         return dx
+
+    def bias_relu(self, y, b):
+        """Eq. (4), (6) and the ReLU: ``y <- relu(y + b)`` in place, y = x W (B, out), b (out,); returns y."""
+        self.row_threads.run(lambda rows: _bias_relu(rows, b), y)
+        return y
+
+    def relu_backward_column_sums(self, da, a, db):
+        """Eq. (13) and eq. (12)'s ``db``: ``dy = da * [a > 0]`` (a new (B, out) array, returned) and
+        ``db = sum_rows dy`` written into db (out,). On one thread: the column sums run over all rows."""
+        da, a = _common_dtype(da, a)
+        dy = np.empty(da.shape, da.dtype)
+        _relu_backward_column_sums(da, a, dy, db)
+        return dy
 
     def adam_update(self, theta, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         """Eq. (19) at step ``step`` on flat arrays, in place: theta, m and v are updated."""
