@@ -185,7 +185,7 @@ class Linear(Layer):
         its class's (one replaced on the instance, as the recorder of gradcheck's
         ``smallest_relu_inputs``, is called: the pair then runs unfused)."""
         return (isinstance(layer, ReLU) and self.bias_relu is not None and self.relu_backward_column_sums is not None
-                and not {"forward", "backward"} & set(vars(layer)))
+                and "forward" not in vars(layer) and "backward" not in vars(layer))
 
     def forward_relu(self, x, relu):
         """``a = relu(x W + b)``, eq. (4), (6) and the ReLU: the product, then the bias and the ReLU in

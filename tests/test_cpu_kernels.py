@@ -330,19 +330,22 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_without_compilin
     """cache=True: a first process compiles (into NUMBA_CACHE_DIR, here a fresh folder), a second
     one only loads. Numba counts both per kernel (``Dispatcher.stats``)."""
     code = ("import json, numpy as np\n"
-            "from minivae.kernels import cpu\n"
+            "from minivae.kernels import bernoulli_cpu, cpu\n"
             "from minivae.threads import RowThreads\n"
             "kernels, x = cpu.CpuKernels(RowThreads(1)), np.ones((2, 3))\n"
             "kernels.relu_backward(x, kernels.relu(x))\n"
+            "kernels.relu_backward_column_sums(x, kernels.bias_relu(x.copy(), x[0]), x[1].copy())\n"
+            "kernels.bernoulli_nll_and_grad(x, x)\n"
             "kernels.adam_update(x[0], x[1], x[0] * 0, x[1] * 0, 1, 0.1, 0.9, 0.99, 1e-8, 0.0)\n"
-            "stats = {n: f.stats for n, f in vars(cpu).items() if hasattr(f, 'stats')}\n"
+            "stats = {n: f.stats for module in (cpu, bernoulli_cpu) for n, f in vars(module).items()\n"
+            "         if hasattr(f, 'stats')}\n"
             "print(json.dumps({n: [sum(s.cache_hits.values()), sum(s.cache_misses.values())]\n"
             "                  for n, s in stats.items()}))")
     env = {**_env(), "NUMBA_CACHE_DIR": str(tmp_path)}
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                       check=True).stdout) for _ in range(2)]
     first, second = runs
-    kernels = ("_adam", "_relu", "_relu_backward")
+    kernels = ("_adam", "_relu", "_relu_backward", "_bias_relu", "_relu_backward_column_sums", "_bernoulli_float64")
     assert all(first[k] == [0, 1] for k in kernels)  # compiled in the first process
     assert all(second[k] == [1, 0] for k in kernels)  # loaded in the second
     assert all(misses == 0 for hits, misses in second.values())  # and nothing compiled

@@ -130,7 +130,7 @@ import os, signal, sys
 
 class InterruptDuringImport:
     def find_spec(self, name, path=None, target=None):
-        if name == "numpy":
+        if name == "numpy":  # the largest import left at start-up (matplotlib waits for the first picture)
             sys.meta_path.remove(self)
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):  # the handler runs here, inside the import of minivae.train

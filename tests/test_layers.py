@@ -119,3 +119,26 @@ def test_linear_init_matches_pytorch_bounds(make_backend):
         assert float(abs(p).max()) <= bound
         assert float(abs(p).max()) > 0.95 * bound  # uniform over the whole interval, not a narrower one
     assert abs(float(layer.W.data.std()) - bound / 3 ** 0.5) < 0.01 * bound  # std of U(-a, a) is a/sqrt(3)
+
+
+def test_a_relu_whose_forward_is_replaced_runs_it_even_after_a_linear(make_backend):
+    """Sequential fuses a Linear with the ReLU after it where the backend can (the CPU's kernels),
+    but a forward or backward replaced on the ReLU (a hook, as gradcheck's recorder of ReLU inputs)
+    is called, with the same results."""
+    backend = make_backend("float64", 0)
+    network = mlp([5, 4, 3], "relu", backend, "n")
+    x, dy = backend.standard_normal((6, 5)), backend.standard_normal((6, 3))
+    expected = [network.forward(x), network.backward(dy)]
+    relu, calls = network.layers[1], []
+
+    def recording(method):
+        def recorded(values):
+            calls.append(method.__name__)
+            return method(values)
+        return recorded
+
+    relu.forward, relu.backward = recording(relu.forward), recording(relu.backward)
+    results = [network.forward(x), network.backward(dy)]
+    assert calls == ["forward", "backward"]
+    for a, b in zip(results, expected):
+        assert float(abs(a - b).max()) == 0.0

@@ -7,10 +7,11 @@ they are not (a polynomial exp and log1p in the Bernoulli likelihood, libm's exp
 pieces, sums added in another order).
 
 ``CpuKernels`` offers them to a Backend under the names and arguments of the CuPy kernels
-(minivae/kernels/cuda.py), plus ReLU and the optimizer updates, which only the CPU fuses. Each
-call is cut into blocks of rows on the backend's row threads (``RowThreads.run``); every kernel
-treats each row on its own, so the result is the same bits on any number of threads, and
-``nogil=True`` lets the blocks run side by side.
+(minivae/kernels/cuda.py), plus ReLU, a Linear layer's bias with the ReLU after it, and the
+optimizer updates, which only the CPU fuses. Each call is cut into blocks of rows on the backend's
+row threads (``RowThreads.run``); every kernel treats each row on its own, so the result is the
+same bits on any number of threads, and ``nogil=True`` lets the blocks run side by side. The one
+kernel that sums over rows (a bias gradient, ``relu_backward_column_sums``) runs on one thread.
 
 Numba compiles each kernel on first use, once per dtype and array layout, and ``cache=True`` keeps
 the machine code on disk (next to this file, or in Numba's user cache folder where this one is
