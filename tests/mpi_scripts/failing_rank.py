@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 
-from minivae import train
+from minivae import train, train_loop
 
 MODE, FAILING_STEP = sys.argv[1], int(sys.argv[2])
 steps = []
-training_step = train.training_step
+training_step = train_loop.training_step
 
 
 def failing_step(model, x, kl_weight, comm):
@@ -27,5 +27,5 @@ def failing_step(model, x, kl_weight, comm):
 
 
 if __name__ == "__main__":
-    train.training_step = failing_step
+    train_loop.training_step = failing_step
     sys.exit(train.main(sys.argv[3:]))
