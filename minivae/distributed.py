@@ -204,12 +204,24 @@ class Communicator:
         end the job before the last lines are forwarded (seen with MPICH: the tail of a traceback
         lost in 2 runs of 12), so this waits ``ABORT_GRACE_S`` first. MPI_Abort may also return
         while the launcher is already ending the ranks (seen when two ranks abort at once): this
-        process then ends at once, running no more Python."""
+        process then ends at once, running no more Python. The caller has said what happened, so the
+        line MPICH prints for every MPI_Abort ("application called MPI_Abort ...") is not shown."""
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
+        _silence_stderr()
         self.world.Abort(code)
         os._exit(code)
+
+
+def _silence_stderr():
+    """Point this process's file descriptor 2 at the null device (where it has one)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        pass
 
 
 def distributed_step(model, x, eps, comm, kl_weight=1.0, checked=False):

@@ -15,7 +15,7 @@ What differs, and is written here:
     waits for a peer that is gone; a failure that every rank meets (a NaN, which all ranks compute
     alike) is printed by rank 0 alone (``main_on_ranks``);
   - after each epoch, the parameters are compared across ranks, bit for bit.
-One process (``comm`` None) takes the plain paths, so the loop in minivae/train.py reads the same.
+One process (``comm`` None) takes the plain paths, so the loop in minivae/train_loop.py reads the same.
 """
 
 import contextlib
