@@ -37,6 +37,7 @@ from example_args import Parser, add_json_flag, count, refuse_beside_quick, writ
 from example_data import FREY_FILE, network_flags, write_frey_like
 
 from minivae import evaluate, train
+from minivae.cli import quiet_on_closed_pipe
 from minivae.data import DATASETS, load_dataset
 from minivae.errors import DataError
 
@@ -100,4 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

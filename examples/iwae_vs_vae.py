@@ -41,6 +41,7 @@ from example_data import write_blobs, write_subset
 from minivae import train
 from minivae.backend import get_backend
 from minivae.checkpoint import model_from_checkpoint, read_run
+from minivae.cli import quiet_on_closed_pipe
 from minivae.data import DATASETS, binarize_dataset, load_dataset, resolve_default_dataset
 from minivae.errors import MinivaeError
 from minivae.estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
@@ -165,4 +166,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -36,9 +36,10 @@ from matplotlib.figure import Figure
 
 from minivae import load_model, train
 from minivae.backend import get_backend
+from minivae.cli import quiet_on_closed_pipe
 from minivae.data import DATASETS, IDX_FILES, load_dataset, read_idx, resolve_default_dataset
-from minivae.estimators import elbo
 from minivae.errors import MinivaeError
+from minivae.estimators import elbo
 from minivae.fileio import atomic_write
 
 
@@ -157,4 +158,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

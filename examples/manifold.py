@@ -30,6 +30,7 @@ from example_data import network_flags, write_blobs
 
 from minivae import train
 from minivae.checkpoint import load_checkpoint
+from minivae.cli import quiet_on_closed_pipe
 from minivae.data import DATASETS
 
 
@@ -84,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -47,10 +47,11 @@ try:
 except ImportError:  # run from a source checkout without installing: use the checkout's package
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from minivae.backend import numpy_backend
-from minivae.gaussian import LOG_2PI, kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
 from minivae import objectives
+from minivae.backend import numpy_backend
+from minivae.cli import quiet_on_closed_pipe
 from minivae.cli import nonnegative_float, positive_int, variance_setting
+from minivae.gaussian import LOG_2PI, kl_divergence, kl_divergence_backward, reparameterize, reparameterize_backward
 from minivae.gradcheck import DEFAULT_TOLERANCE, check_model, summarize
 from minivae.likelihoods import LIKELIHOODS, likelihood_class
 from minivae.model import VAE
@@ -310,4 +311,4 @@ def trace_classic(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -178,6 +178,19 @@ def run_command(program, parser, body, after_interrupt, folder, memory_hint, arg
     return status if isinstance(status, int) else 0
 
 
+def quiet_on_closed_pipe(main):
+    """Run ``main()`` (a script's main function) and return its exit status; when whoever reads its
+    output has closed it (``python examples/trace_gradients.py | head -1``), end quietly with 141, as
+    ``run_command`` does for the commands, instead of a BrokenPipeError traceback."""
+    try:
+        status = main()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+
+
 def _silence_stdout():
     """Point stdout at /dev/null, so that nothing more (the interpreter's flush at exit) writes to the closed pipe."""
     try:

@@ -53,3 +53,20 @@ def test_the_defaults_of_quick_are_not_refused(tmp_path):
     parser = module.build_parser()
     args = parser.parse_args(["--quick", "--out", str(tmp_path)])
     module.refuse_beside_quick(parser, args, ("--epochs", "--train-size", "--test-size"))
+
+
+def test_an_example_whose_reader_goes_away_ends_quietly():
+    """``python examples/trace_gradients.py | head -1``: exit status 141 (or 0), no BrokenPipeError
+    traceback (issue 26: a closed pipe ends a command quietly; the examples too)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    script = subprocess.Popen([sys.executable, str(EXAMPLES / "trace_gradients.py")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+    assert script.stdout.readline()
+    script.stdout.close()  # the reader goes away after one line, as head -1 does
+    stderr = script.stderr.read().decode()
+    assert script.wait(timeout=60) in (0, 141)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
