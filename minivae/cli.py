@@ -9,6 +9,7 @@ import sys
 
 from . import checks, settings
 from .errors import MinivaeError
+from .fileio import silence
 from .interrupts import check_interrupt, interrupt_guard
 
 BROKEN_PIPE_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
@@ -104,9 +105,13 @@ def dataset_label(dataset, name):
     """How a message names a loaded dataset: by its name and folder when the run named one (``name``,
     its dataset setting), else by the folder (``--data-dir`` alone, files read with MNIST's names) or the
     file (``--data-file``)."""
-    if name:
-        return f"{dataset.name} ({dataset.source})"
-    return f"the IDX files in {dataset.source}" if os.path.isdir(dataset.source) else dataset.source
+    return f"{dataset.name} ({dataset.source})" if name else unnamed_data_label(dataset.source)
+
+
+def unnamed_data_label(source):
+    """How a message names data that no dataset name stands for: the IDX files of a folder
+    (``--data-dir`` alone), or the file itself (``--data-file``)."""
+    return f"the IDX files in {source}" if os.path.isdir(source) else source
 
 
 class Parser(argparse.ArgumentParser):
@@ -159,7 +164,7 @@ def run_command(program, parser, body, after_interrupt, folder, memory_hint, arg
                 sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
                 check_interrupt()
             except BrokenPipeError:
-                _silence_stdout()
+                silence(sys.stdout)  # nothing more (the interpreter's flush at exit) goes to the closed pipe
                 return BROKEN_PIPE_STATUS
             except UsageError as error:
                 if args.debug:
@@ -187,15 +192,5 @@ def quiet_on_closed_pipe(main):
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return status
     except BrokenPipeError:
-        _silence_stdout()
+        silence(sys.stdout)
         return BROKEN_PIPE_STATUS
-
-
-def _silence_stdout():
-    """Point stdout at /dev/null, so that nothing more (the interpreter's flush at exit) writes to the closed pipe."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (captured in tests)
-        pass

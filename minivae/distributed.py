@@ -32,6 +32,7 @@ import traceback
 import numpy as np
 
 from .errors import DistributedError
+from .fileio import silence
 from .model import LossTerms
 
 INSTALL_HINT = 'install it with `pip install "minivae[mpi]"` (mpi4py and the MPICH library and launcher)'
@@ -209,19 +210,9 @@ class Communicator:
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
-        _silence_stderr()
+        silence(sys.__stderr__)
         self.world.Abort(code)
         os._exit(code)
-
-
-def _silence_stderr():
-    """Point this process's file descriptor 2 at the null device (where it has one)."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
-    except OSError:
-        pass
 
 
 def distributed_step(model, x, eps, comm, kl_weight=1.0, checked=False):

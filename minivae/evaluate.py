@@ -26,7 +26,8 @@ import numpy as np
 from .version import __version__
 from .backend import get_backend
 from .checkpoint import model_from_checkpoint, read_run
-from .cli import Parser, add_output_flags, add_setting_flags, dataset_label, positive_int, run_command, setting_values
+from .cli import (Parser, add_output_flags, add_setting_flags, dataset_label, positive_int, run_command,
+                  setting_values, unnamed_data_label)
 from .data import load_run_data
 from .errors import DataError, NumericalError
 from .fileio import atomic_write
@@ -214,8 +215,7 @@ def format_table(results):
             ("-ELBO", {**lower_bound, "mean": -lower_bound["mean"]}),
             ("-log p(x)", {**log_likelihood, "mean": -log_likelihood["mean"]}),
             ("log p(x) - ELBO", results["log_likelihood_minus_elbo"])]
-    source = results["data_source"]
-    data = results["dataset"] or (f"the IDX files in {source}" if os.path.isdir(source) else source)
+    data = results["dataset"] or unnamed_data_label(results["data_source"])
     lines = [f"{results['checkpoint']} (epoch {results['epoch']}) on {data}: "
              f"{results['test_points']} of {results['test_set_size']} test points, {results['backend']} "
              f"{results['dtype']}, {results['seconds']:.1f} s",

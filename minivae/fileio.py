@@ -38,6 +38,19 @@ def atomic_write(path, mode="wb"):
     check_interrupt()
 
 
+def silence(stream):
+    """Point the file descriptor of ``stream`` (``sys.stdout``, ``sys.__stderr__``) at the null device,
+    so that nothing more written to it reaches its reader. A stream without a file descriptor (one
+    captured in tests) is left as it is."""
+    try:
+        descriptor = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
 def _fsync_folder(folder):
     """Make the rename itself durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:
