@@ -41,7 +41,7 @@ def minivae_epoch(model, optimizer, backend, x, slices):
 
 def torch_epoch(model, optimizer, x, slices, torch, loss_function):
     """The same pass for the PyTorch model: randperm, index, zero_grad, forward, backward, step."""
-    perm = torch.randperm(x.shape[0])
+    perm = torch.randperm(x.shape[0], device=x.device)  # on the GPU when x is
     total = 0.0
     for start, stop in slices:
         batch = x[perm[start:stop]]
