@@ -3,7 +3,8 @@
 # minivae/kernels/cuda.py against the plain code it replaces, every backend-parametrized test body),
 # the CUDA source CuPy compiled for each kernel against the one the NVRTC checks of CI compile, those
 # checks themselves (cuda_check/), a CuPy-vs-NumPy training comparison on the same weights, data and
-# noise, and the GPU benchmark table.
+# noise, and the GPU benchmark tables (minivae on CuPy alone, then against PyTorch on the same GPU
+# when PyTorch sees it).
 # It installs nothing: it uses the Python it finds and says what is missing.
 #
 #   bash benchmarks/gpu_check.sh
@@ -38,4 +39,6 @@ echo "== CuPy vs NumPy training on the same weights, data and noise =="
 "$python" benchmarks/compare_backends.py --backend cupy --steps 300 || status=1
 echo "== GPU benchmark =="
 "$python" benchmarks/bench_epoch.py --backends cupy-float32 --batch-size 128 --batch-size 4096 || status=1
+echo "== GPU benchmark against PyTorch on the same GPU (MLP and conv) =="
+"$python" benchmarks/bench_gpu.py || status=1
 exit $status
