@@ -7,8 +7,10 @@ The rows are those of bench_epoch.py, on the device: the same models, the same 6
 random images (copied to the GPU once), the same steps (a permutation, gather, forward, backward,
 Adam). The repeats are interleaved (every row once, then again), each epoch ends with a device
 synchronisation, and the median is reported; "x torch" is that median over PyTorch's at the same
-batch size and architecture. Needs CuPy and a visible CUDA device; PyTorch with CUDA for the
-reference rows (without it, only minivae's rows are printed).
+batch size and architecture. PyTorch computes in float32 as minivae does: its TF32 tensor-core
+paths (on by default for cuDNN convolutions) are turned off unless --torch-tf32 is given. Needs
+CuPy and a visible CUDA device; PyTorch with CUDA for the reference rows (without it, only
+minivae's rows are printed).
 """
 
 import argparse
@@ -76,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-tf32", action="store_true",
+                        help="leave PyTorch's TF32 defaults on (cuDNN convolutions in TF32: fewer mantissa bits)")
     parser.add_argument("--json", metavar="PATH", help="write the device and every row here")
     args = parser.parse_args(argv)
     batch_sizes = args.batch_size or [128, 4096]
@@ -87,9 +91,12 @@ def main(argv=None):
     import numpy as np
 
     torch = torch_cuda()
+    if torch is not None and not args.torch_tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"{device}; cupy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}; "
-          f"torch {torch.__version__ if torch else 'not usable with CUDA: no reference rows'}; "
+          f"torch {torch.__version__ if torch else 'not usable with CUDA: no reference rows'}"
+          f"{' (TF32 as PyTorch defaults)' if args.torch_tf32 else ' (float32: TF32 off)'}; "
           f"python {platform.python_version()}")
     host_x = np.random.default_rng(args.seed).random((N_SAMPLES, INPUT_DIM), dtype=np.float32)
     benches = []
