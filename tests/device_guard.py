@@ -229,7 +229,8 @@ def _module():
     for name in ("abs", "exp", "log", "log1p", "sqrt", "tanh", "maximum", "minimum", "multiply", "divide", "add",
                  "subtract", "matmul", "where", "concatenate", "stack", "tile", "argsort", "zeros", "ones", "empty",
                  "zeros_like", "empty_like", "ones_like", "isfinite", "isnan", "broadcast_to", "arange", "full",
-                 "logaddexp", "expm1", "sign", "linspace", "sum", "mean", "max", "min", "all", "any", "square"):
+                 "logaddexp", "expm1", "sign", "linspace", "sum", "mean", "max", "min", "all", "any", "square",
+                 "ascontiguousarray"):
         setattr(xp, name, _device_function(getattr(np, name), "xp", name))
     xp.asarray = _to_device
     xp.dtype = np.dtype
@@ -238,6 +239,8 @@ def _module():
     xp.ndarray = GuardArray
     xp.random = types.SimpleNamespace(default_rng=_GuardGenerator)
     xp.linalg = types.SimpleNamespace(norm=_device_function(np.linalg.norm, "xp", "linalg.norm"))
+    xp.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(sliding_window_view=_device_function(
+        np.lib.stride_tricks.sliding_window_view, "xp", "lib.stride_tricks.sliding_window_view")))
     special = types.SimpleNamespace(expit=_device_function(scipy.special.expit, "special", "expit"),
                                     logsumexp=_device_function(scipy.special.logsumexp, "special", "logsumexp"))
     return xp, special
