@@ -86,6 +86,17 @@ def supported_archs():
     return tuple(str(arch) for arch in nvrtc.getSupportedArchs())
 
 
+def _smallest_call(kernel, scalars, dtype):
+    """Arguments for one call of ``kernel`` on 8 elements: 1 for each scalar (an int for an integer
+    parameter: a size, a stride), ones for each array, and the output arrays too when every input is
+    raw or a scalar (the outputs then set the size). With every size 1, a gather reads index 0 only."""
+    args = [(1 if p.dtype is not None and numpy.dtype(p.dtype).kind == "i" else 1.0) if p.name in scalars
+            else cupy.ones(8, dtype=dtype) for p in kernel.in_params]
+    if all(p.raw or p.name in scalars for p in kernel.in_params):
+        args += [cupy.ones(8, dtype=dtype) for _ in kernel.out_params]
+    return args
+
+
 def compare_with_cupy_on_a_gpu():
     """On a machine with a GPU (benchmarks/gpu_check.sh): call every kernel on contiguous arrays of
     each dtype and compare the source CuPy compiled for the call (``cached_codes``) with
@@ -98,7 +109,7 @@ def compare_with_cupy_on_a_gpu():
         scalars = cuda.SOURCES[key].scalars
         for dtype in DTYPES:
             kernel._cached_codes.clear()
-            kernel(*[1.0 if p.name in scalars else cupy.ones(8, dtype=dtype) for p in kernel.in_params])
+            kernel(*_smallest_call(kernel, scalars, dtype))
             (compiled,) = kernel.cached_codes.values()
             same = kernel_source(kernel, scalars, dtype, "contiguous").endswith(compiled)
             differences += not same

@@ -41,16 +41,18 @@ def _plain_guard(name="device-guard", dtype="float32", seed=0):
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """The calls the device guard served while the device path ran: training (fused kernels and
-    plain code, both likelihoods, L = 1 and 2, every activation, a resume), evaluation, both
+    plain code, both likelihoods, L = 1 and 2, every activation, the MLP and the conv VAE, a resume), evaluation, both
     optimizers with momentum and weight decay, and every gradient check."""
     folder = tmp_path_factory.mktemp("device_path")
     data = write_dataset(folder / "data", train_count=48, test_count=16, rows=4, columns=4)
     device_guard.CALLS.clear()
-    common = ["--data-dir", str(data), "--epochs", "2", "--batch-size", "16", "--hidden", "6", "--latent-dim", "2",
+    common = ["--data-dir", str(data), "--epochs", "2", "--batch-size", "16", "--latent-dim", "2",
               "--log-interval", "2", "--quiet"]
-    runs = [(_guard, ["--binarize", "dynamic", "--samples", "2", "--activation", "tanh"]),
-            (_plain_guard, ["--likelihood", "gaussian", "--activation", "sigmoid"]),
-            (_plain_guard, ["--samples", "2"])]
+    runs = [(_guard, ["--hidden", "6", "--binarize", "dynamic", "--samples", "2", "--activation", "tanh"]),
+            (_plain_guard, ["--hidden", "6", "--likelihood", "gaussian", "--activation", "sigmoid"]),
+            (_plain_guard, ["--hidden", "6", "--samples", "2"]),
+            (_guard, ["--architecture", "conv", "--channels", "2", "3"]),
+            (_plain_guard, ["--architecture", "conv", "--channels", "2", "3"])]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Figure, "savefig", _skip_drawing)
         for number, (factory, flags) in enumerate(runs):

@@ -256,6 +256,44 @@ def _elementwise_kernel(name, body):
     return kernel
 
 
+def _gather_kernel(name, body):
+    """Mimic the CuPy ElementwiseKernel ``name`` whose inputs are ``raw`` arrays and Python ints, called
+    with its output array last: ``body`` computes the output's elements (flat) from the host arrays,
+    which are written into that array. Like the CUDA kernel's flat indexing, it takes C-contiguous
+    arrays only."""
+    def kernel(*args):
+        _record("kernels", name, args, {})
+        *inputs, out = args
+        arrays = [_unwrap(a) for a in inputs if isinstance(a, GuardArray)] + [_unwrap(out)]
+        if not all(a.flags.c_contiguous for a in arrays):
+            raise ValueError(f"{name}: its raw arrays are indexed as flat C-contiguous memory; pass contiguous ones")
+        if not all(isinstance(a, (int, np.integer)) for a in inputs if not isinstance(a, GuardArray)):
+            raise TypeError(f"{name}: its scalars are int32 parameters; pass Python ints")
+        _unwrap(out).reshape(-1)[...] = body(*_unwrap_all(inputs))
+        return out
+
+    kernel._body = body
+    return kernel
+
+
+def _col2im_gather(cols, B, C, H, W, KH, KW, OH, OW, S, P):
+    """``col2im_gather`` of minivae.kernels.cuda: its index arithmetic on NumPy index arrays, one entry
+    per pixel of the pixel-major (H, W, B, C) image, the kernel offsets summed in its loops' order."""
+    i = np.arange(H * W * B * C)
+    c, r = i % C, i // C
+    b, r = r % B, r // B
+    w, h = r % W, r // W
+    flat, total = cols.reshape(-1), np.zeros(i.shape, cols.dtype)
+    for ki in range(KH):
+        hu = h + P - ki
+        for kj in range(KW):
+            wv = w + P - kj
+            read = (hu >= 0) & (hu % S == 0) & (hu // S < OH) & (wv >= 0) & (wv % S == 0) & (wv // S < OW)
+            index = ((((hu // S) * OW + wv // S) * B + b) * KH + ki) * KW * C + kj * C + c
+            total[read] += flat[index[read]]
+    return total
+
+
 def _bernoulli_nll_and_grad(l, x):
     a = np.abs(l)
     softplus = np.maximum(l, 0) + np.log1p(np.exp(-a))
@@ -275,7 +313,9 @@ def guard_kernels():
         "kl_terms": lambda mu, logvar: -0.5 * (1 + logvar - mu * mu - np.exp(logvar)),
         "head_gradient": _head_gradient,
     }
-    return types.SimpleNamespace(**{name: _elementwise_kernel(name, body) for name, body in bodies.items()})
+    kernels = {name: _elementwise_kernel(name, body) for name, body in bodies.items()}
+    kernels["col2im_gather"] = _gather_kernel("col2im_gather", _col2im_gather)
+    return types.SimpleNamespace(**kernels)
 
 
 class GuardBackend(Backend):

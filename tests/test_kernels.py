@@ -15,6 +15,7 @@ import device_guard
 import minivae
 from device_guard import backend_by_name, guard_kernels
 from minivae.backend import cpu_kernels, cupy_unavailable_reason
+from minivae.conv import col2im, conv_output_size, gathered_col2im
 from minivae.gaussian import head_gradient, kl_divergence, reparameterize
 from minivae.kernels import cuda
 from minivae.likelihoods import Bernoulli
@@ -60,6 +61,15 @@ def test_fused_kernels_match_the_plain_code(backend_name, dtype, n_samples):
     plain = Bernoulli(backend).nll_and_grad(logits, x)
     for a, b in zip(fused, plain):
         _close(backend, a, b)
+    if getattr(kernels, "col2im_gather", None) is not None:  # CuPy's (and the guard's): the same sums, bit for bit
+        for image_shape, kernel, stride, padding in (((3, 2, 6, 5), (4, 4), 2, 1), ((2, 3, 5, 7), (3, 2), 1, 0),
+                                                     ((2, 2, 7, 8), (5, 3), 3, 2)):
+            out_size = tuple(conv_output_size(n, k, stride, padding) for n, k in zip(image_shape[2:], kernel))
+            cols = backend.standard_normal((out_size[0] * out_size[1] * image_shape[0],
+                                            kernel[0] * kernel[1] * image_shape[1]))
+            gathered = gathered_col2im(xp, kernels.col2im_gather, cols, image_shape, kernel, stride, padding, out_size)
+            added = col2im(xp, cols, image_shape, kernel, stride, padding, out_size)
+            assert bool((gathered == added).all()), (image_shape, kernel, stride, padding)
     if backend_name == "device-guard-fused":  # the guard records its kernel calls: every CUDA kernel was compared
         assert {call[1] for call in device_guard.CALLS if call[0] == "kernels"} == set(cuda.SOURCES)
 

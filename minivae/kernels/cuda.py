@@ -9,7 +9,9 @@ cuda-check tests (``cuda_check/``) generate from the same sources the exact CUDA
 and compile it with NVRTC, on a machine without a GPU.
 
 Parameters a caller passes as Python numbers rather than arrays (a learning rate, a bias-correction
-factor) are named in ``scalars``; every other parameter is an array. An Adam update, say, would be
+factor, an image size) are named in ``scalars``; every other parameter is an array. A ``raw`` array
+is read at any index the body computes (CuPy's ``raw``), not element for element; a kernel whose
+inputs are all raw or scalars is given its output array, whose size sets the number of elements. An Adam update, say, would be
 ``ElementwiseSource("T g, T lr_t, T eps_t", "T theta, T m, T v", "...", scalars=("lr_t", "eps_t"))``
 with ``theta``, ``m`` and ``v`` passed as output arrays, updated in place.
 """
@@ -46,6 +48,24 @@ SOURCES = {
         "T std = exp((T)0.5 * logvar);"
         " dmu = dz_sum + mu;"                                                        # eq. (18), (16) + (17)
         " dlogvar = dz_eps_sum * (T)0.5 * std + (T)0.5 * (exp(logvar) - (T)1);"),   # eq. (18), (16) + (17)
+    # conv.col2im (eq. (30)) as a gather: one thread per pixel of the pixel-major image (H, W, B, C) sums
+    # the entries of cols (OH*OW*B, KH*KW*C) read from it, over the kernel offsets (ki, kj) in the
+    # order col2im adds them, so the sums are col2im's to the bit. Pixel (h, w) was read by window
+    # (u, v) at offset (ki, kj) where S*u + ki - P = h and S*v + kj - P = w.
+    "col2im_gather": ElementwiseSource(
+        "raw T cols, int32 B, int32 C, int32 H, int32 W, int32 KH, int32 KW, int32 OH, int32 OW, int32 S, int32 P",
+        "T img",
+        "ptrdiff_t c = i % C, r = i / C; ptrdiff_t b = r % B; r /= B; ptrdiff_t w = r % W, h = r / W;"
+        " T sum = (T)0;"
+        " for (int ki = 0; ki < KH; ++ki) {"
+        "  ptrdiff_t hu = h + P - ki; if (hu < 0 || hu % S != 0 || hu / S >= OH) continue;"
+        "  for (int kj = 0; kj < KW; ++kj) {"
+        "   ptrdiff_t wv = w + P - kj; if (wv < 0 || wv % S != 0 || wv / S >= OW) continue;"
+        "   sum += cols[((((hu / S) * OW + wv / S) * B + b) * KH + ki) * KW * C + kj * C + c];"
+        "  }"
+        " }"
+        " img = sum;",
+        scalars=("B", "C", "H", "W", "KH", "KW", "OH", "OW", "S", "P")),
 }
 
 
