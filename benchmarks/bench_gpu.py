@@ -75,6 +75,8 @@ def torch_bench(torch, architecture, batch_size, host_x, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, action="append", help="repeat for several (default: 128, 4096)")
+    parser.add_argument("--architecture", choices=("mlp", "conv"), action="append",
+                        help="repeat for both (default: mlp and conv)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -100,7 +102,7 @@ def main(argv=None):
           f"python {platform.python_version()}")
     host_x = np.random.default_rng(args.seed).random((N_SAMPLES, INPUT_DIM), dtype=np.float32)
     benches = []
-    for architecture in ("mlp", "conv"):
+    for architecture in args.architecture or ["mlp", "conv"]:
         for batch_size in batch_sizes:
             benches += [minivae_bench(architecture, k, batch_size, host_x, args.seed) for k in ("fused", "plain")]
             if torch is not None:
