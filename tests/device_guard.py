@@ -69,6 +69,7 @@ class GuardArray:
     size = property(lambda self: self._array.size)
     ndim = property(lambda self: self._array.ndim)
     flags = property(lambda self: self._array.flags)
+    strides = property(lambda self: self._array.strides)  # in bytes, as CuPy's
     T = property(lambda self: GuardArray(self._array.T))
 
     def __len__(self):
@@ -239,8 +240,8 @@ def _module():
     xp.ndarray = GuardArray
     xp.random = types.SimpleNamespace(default_rng=_GuardGenerator)
     xp.linalg = types.SimpleNamespace(norm=_device_function(np.linalg.norm, "xp", "linalg.norm"))
-    xp.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(sliding_window_view=_device_function(
-        np.lib.stride_tricks.sliding_window_view, "xp", "lib.stride_tricks.sliding_window_view")))
+    xp.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=_device_function(
+        np.lib.stride_tricks.as_strided, "xp", "lib.stride_tricks.as_strided")))
     special = types.SimpleNamespace(expit=_device_function(scipy.special.expit, "special", "expit"),
                                     logsumexp=_device_function(scipy.special.logsumexp, "special", "logsumexp"))
     return xp, special

@@ -63,7 +63,8 @@ def test_fused_kernels_match_the_plain_code(backend_name, dtype, n_samples):
         _close(backend, a, b)
     if getattr(kernels, "col2im_gather", None) is not None:  # CuPy's (and the guard's): the same sums, bit for bit
         for image_shape, kernel, stride, padding in (((3, 2, 6, 5), (4, 4), 2, 1), ((2, 3, 5, 7), (3, 2), 1, 0),
-                                                     ((2, 2, 7, 8), (5, 3), 3, 2)):
+                                                     ((2, 2, 7, 8), (5, 3), 3, 2), ((2, 2, 7, 8), (2, 1), 3, 0),
+                                                     ((2, 1, 3, 3), (2, 2), 1, 2)):  # stride > kernel, padding >= kernel
             out_size = tuple(conv_output_size(n, k, stride, padding) for n, k in zip(image_shape[2:], kernel))
             cols = backend.standard_normal((out_size[0] * out_size[1] * image_shape[0],
                                             kernel[0] * kernel[1] * image_shape[1]))
