@@ -13,11 +13,14 @@ from minivae import train
 from minivae.backend import get_backend
 
 
-def _train(data_dir, out, backend_factory, monkeypatch, extra_flags=()):
+MLP, CONV = ("--hidden", "12"), ("--architecture", "conv", "--channels", "2", "3")
+
+
+def _train(data_dir, out, backend_factory, monkeypatch, extra_flags=(), model_flags=MLP):
     """A 2-epoch run on ``data_dir`` (tiny_data's default: 128 + 32 images of 8x8) into ``out``."""
     monkeypatch.setattr(train, "get_backend", backend_factory)
     flags = ["--data-dir", str(data_dir), "--out", str(out), "--epochs", "2",
-             "--batch-size", "16", "--hidden", "12", "--latent-dim", "2", "--log-interval", "2", "--quiet",
+             "--batch-size", "16", *model_flags, "--latent-dim", "2", "--log-interval", "2", "--quiet",
              *extra_flags]
     assert train.main(flags) == 0
     return out
@@ -25,6 +28,10 @@ def _train(data_dir, out, backend_factory, monkeypatch, extra_flags=()):
 
 def _guard_backend(name, dtype, seed):
     return device_guard.GuardBackend(dtype=dtype, seed=seed)
+
+
+def _fused_guard_backend(name, dtype, seed):
+    return device_guard.GuardBackend(dtype=dtype, seed=seed, fused=True)
 
 
 @pytest.mark.filterwarnings("ignore:MINIVAE_KERNELS=plain")
@@ -57,7 +64,15 @@ def test_resume_on_the_device_guard(tiny_data_dir, tmp_path, monkeypatch):
         assert header.startswith(b"\x89PNG") and int.from_bytes(header[16:20], "big") > 100, name  # drawn, not stubbed
 
 
-def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(tiny_data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("backend_factory", "model_flags"), [
+    pytest.param(_guard_backend, MLP, id="plain-mlp"),
+    pytest.param(_fused_guard_backend, MLP, id="fused-mlp", marks=pytest.mark.slow),
+    pytest.param(_guard_backend, CONV, id="plain-conv", marks=pytest.mark.slow),
+    pytest.param(_fused_guard_backend, CONV, id="fused-conv", marks=pytest.mark.slow)])
+def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(tiny_data_dir, tmp_path, monkeypatch,
+                                                                            backend_factory, model_flags):
+    """The MLP and the conv VAE, with CuPy's fused kernels (col2im_gather among them) and without (the
+    default tier runs the first; the slow tier the others)."""
     counts = []
     original = train.Trainer._train
 
@@ -68,7 +83,7 @@ def test_the_training_loop_moves_no_data_and_reads_back_once_per_log_interval(ti
         return result
 
     monkeypatch.setattr(train.Trainer, "_train", counted)
-    _train(tiny_data_dir, tmp_path / "run", _guard_backend, monkeypatch)
+    _train(tiny_data_dir, tmp_path / "run", backend_factory, monkeypatch, model_flags=model_flags)
     steps = math.ceil(128 / 16)
     assert len(counts) == 2  # one per epoch
     for count in counts:
