@@ -92,6 +92,7 @@ def test_evaluate_stops_too_when_the_interrupt_is_dropped(data_dir, tmp_path, mo
     assert not (out / "evaluation.json").exists()
 
 
+@pytest.mark.slow  # 30 runs with random waits: about 8 s, the default tier's largest single cost
 def test_ctrl_c_at_random_moments_always_stops_with_one_line(data_dir, tmp_path, capsys, python_sigint):
     """The race itself: SIGINT at a random moment of a run that would go on for 1000 epochs, REPEATS
     times. A second SIGINT after 5 s (the watchdog) ends a run that swallowed the first one."""
