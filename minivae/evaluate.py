@@ -28,7 +28,7 @@ from .backend import get_backend
 from .checkpoint import model_from_checkpoint, read_run
 from .cli import (Parser, add_output_flags, add_setting_flags, dataset_label, positive_int, run_command,
                   setting_values, unnamed_data_label)
-from .data import load_run_data
+from .data import load_run_data, names_data
 from .errors import DataError, NumericalError
 from .fileio import atomic_write
 from .estimators import (ACTIVE_UNIT_THRESHOLD, evaluate_test_set, latent_statistics, mean_and_standard_error,
@@ -160,7 +160,7 @@ def _load_test_set(args, path, saved, log):
                     "data_dir": args.data_dir or (settings.get("data_dir") if args.dataset is None else None),
                     "binarize": settings.get("binarize", "none"), "seed": settings.get("seed", 1)}
     name = settings.get("dataset")
-    if name is None and settings.get("data_dir") is None and settings.get("data_file") is None:
+    if not names_data(settings):
         raise DataError(f"{path}: the run's settings do not name its dataset; pass --dataset (and --data-dir)")
     dataset = load_run_data(settings, download=not args.no_download, log=log)
     trained_on, here = saved.checkpoint.config.get("input_dim"), dataset.test_x.shape[1]

@@ -29,7 +29,7 @@ from scipy.special import ndtri
 from .checkpoint import CONFIG_NAME, checkpoint_path, load_model, read_run_settings
 from .cli import Parser, add_output_flags, positive_int, run_command
 from .conv import ConvTranspose2d, Reshape
-from .data import load_run_data
+from .data import load_run_data, names_data
 from .errors import DataError, MinivaeError
 from .fileio import atomic_write
 from .layers import Linear, ReLU, Sigmoid, Tanh
@@ -164,7 +164,7 @@ def test_points(model, settings, folder, count, download, log):
     """``count`` test images of the run's dataset (read as minivae.evaluate reads it: binarized as
     training binarized it), a fixed draw spread over the whole test set: their posterior means
     (count, J) (eq. (4)), the images as uint8 (base64), their labels and the class names."""
-    if all(settings.get(name) is None for name in ("dataset", "data_dir", "data_file")):
+    if not names_data(settings):
         raise DataError(f"{os.path.join(folder, CONFIG_NAME)}: the run's settings do not name its dataset; "
                         f"the explorer draws that dataset's test images")
     dataset = load_run_data(settings, download=download, log=log)

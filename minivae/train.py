@@ -21,7 +21,7 @@ from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore, 
 from .cli import (Parser, UsageError, add_output_flags, add_setting_flags, dataset_label, given_settings,
                   positive_int, refuse_unused, run_command)
 from .conv import check_image_shape
-from .data import DATASETS, load_run_data
+from .data import DATASETS, load_run_data, names_data
 from .errors import CheckpointError, MinivaeError
 from .fileio import atomic_write
 from .interrupts import deferred_interrupts
@@ -196,7 +196,7 @@ def _completed(settings, dataset, given):
     none was given; the share of --data-file held out), a given setting its model does not use refused
     (UsageError), and those it does not use dropped (what config.json records)."""
     settings = dict(settings)
-    if settings["dataset"] is None and settings["data_dir"] is None and settings["data_file"] is None:
+    if not names_data(settings):
         settings["dataset"] = dataset.name  # the one the default chose (with --data-dir alone: none)
     if settings["likelihood"] is None:
         settings["likelihood"] = dataset.likelihood_hint

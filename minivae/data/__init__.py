@@ -18,8 +18,8 @@ from .binarize import BINARIZE_MODES, binarize_dataset, binarize_static
 from .dataset import Dataset
 from .fetch import download_files
 from .idx import GZIP_MAGIC, IDX_DTYPES, read_idx, write_idx
-from .lookup import (DatasetUnavailable, cache_folder, downloads_forbidden, find_file, load_dataset,
-                     load_run_data, resolve_default_dataset, system_folders)
+from .lookup import (DatasetUnavailable, cache_folder, downloads_forbidden, find_file, load_dataset, load_run_data,
+                     names_data, resolve_default_dataset, system_folders)
 from .registry import (DATASETS, FASHION_MNIST_CLASSES, IDX_FILES, MNIST_CLASSES, PACKAGED_ROOT, Checksum,
                        DatasetSpec)
 
@@ -27,6 +27,6 @@ __all__ = [
     "BINARIZE_MODES", "DATASETS", "FASHION_MNIST_CLASSES", "GZIP_MAGIC", "IDX_DTYPES", "IDX_FILES",
     "MNIST_CLASSES", "PACKAGED_ROOT", "Checksum", "Dataset", "DatasetSpec", "DatasetUnavailable",
     "binarize_dataset", "binarize_static", "cache_folder", "download_files", "downloads_forbidden",
-    "find_file", "load_array_dataset", "load_dataset", "load_run_data", "read_idx", "resolve_default_dataset",
-    "system_folders", "write_idx",
+    "find_file", "load_array_dataset", "load_dataset", "load_run_data", "names_data", "read_idx",
+    "resolve_default_dataset", "system_folders", "write_idx",
 ]

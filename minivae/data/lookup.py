@@ -49,6 +49,15 @@ class DatasetUnavailable(DataError):
         super().__init__(f"{headline}. Tried:\n{attempts}\n{ways_out}")
 
 
+DATA_SETTINGS = ("dataset", "data_dir", "data_file")
+"""The settings that each name a run's data (the default dataset stands in when none is given)."""
+
+
+def names_data(settings):
+    """Whether ``settings`` name the run's data (``DATA_SETTINGS``), or leave it to the default."""
+    return any(settings.get(name) is not None for name in DATA_SETTINGS)
+
+
 def load_run_data(settings, download=True, log=print):
     """The data of the run that ``settings`` (a dict of minivae/settings.py's names) describes, binarized
     as training binarizes it (``binarize``, seeded by ``seed``): the arrays of ``data_file`` (with
