@@ -209,10 +209,15 @@ def uses(values, name):
     deciding setting that ``values`` lacks or leaves None (a likelihood still to come from the dataset)
     rules nothing out."""
     setting = SETTINGS[name]
-    if setting.needs is not None and values.get(setting.needs) is None:
+    if _lacks_what_it_needs(setting, values):
         return False
     return all(values.get(field) is None or values[field] in getattr(setting, attribute)
                for field, attribute in _DECIDED_BY)
+
+
+def _lacks_what_it_needs(setting, values):
+    """Whether ``setting`` is used only with another setting (its ``needs``) that ``values`` leaves None."""
+    return setting.needs is not None and values.get(setting.needs) is None
 
 
 def unused(values, given):
@@ -221,7 +226,7 @@ def unused(values, given):
     ways out."""
     for name in given:
         setting = SETTINGS[name]
-        if setting.needs is not None and values.get(setting.needs) is None:
+        if _lacks_what_it_needs(setting, values):
             return f"{setting.option} {setting.purpose}, which only {option(setting.needs)} has: drop {setting.option}, " \
                    f"or pass {option(setting.needs)} {SETTINGS[setting.needs].metavar}"
         for field, attribute in _DECIDED_BY:
