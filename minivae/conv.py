@@ -255,7 +255,8 @@ class ConvTranspose2d(_Convolution):
         x_rows = _rows(self.xp, self.conv_kernels, x)
         self._cache = x_rows
         return _matmul_col2im(self.xp, self.conv_kernels, x_rows, self._weight_matrix(), (B, self.out_channels) + out_size,
-                              self.kernel, self.stride, self.padding, (H, W), self.b.data, self.col2im_gather)
+                              self.kernel, self.stride, self.padding, (H, W), self.b.data,
+                              col2im_gather=self.col2im_gather)
 
     def backward(self, dy):
         """Eq. (33): ``dx = im2col(dy) W_mat`` (Conv2d's forward), ``dW_mat = im2col(dy)^T x_rows``,

@@ -11,7 +11,8 @@ and compile it with NVRTC, on a machine without a GPU.
 Parameters a caller passes as Python numbers rather than arrays (a learning rate, a bias-correction
 factor, an image size) are named in ``scalars``; every other parameter is an array. A ``raw`` array
 is read at any index the body computes (CuPy's ``raw``), not element for element; a kernel whose
-inputs are all raw or scalars is given its output array, whose size sets the number of elements. An Adam update, say, would be
+inputs are all raw or scalars is given its output array, whose size sets the number of elements.
+An Adam update, say, would be
 ``ElementwiseSource("T g, T lr_t, T eps_t", "T theta, T m, T v", "...", scalars=("lr_t", "eps_t"))``
 with ``theta``, ``m`` and ``v`` passed as output arrays, updated in place.
 """
