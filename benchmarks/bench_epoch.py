@@ -37,12 +37,19 @@ as ``python -m minivae.train`` does, so that the OPENBLAS_THREAD_TIMEOUT it sets
     python benchmarks/bench_epoch.py --cli --repeats 3        # whole CLI epochs, minivae and PyTorch
     python benchmarks/bench_epoch.py --startup --repeats 5    # start-up: plain, compiling, cached
     python benchmarks/bench_epoch.py --architecture conv      # the conv VAE against the same network in PyTorch
+    python benchmarks/bench_epoch.py --floors --epochs-fraction 0.25 --repeats 5  # each step's parts and floor
 
 ``--architecture conv`` times the conv VAE (minivae/conv.py: 1 -> 32 -> 64 channels, stride-2 4x4
 convolutions, a Linear head; the decoder mirrors it) on numpy float32, with its fused conv kernels
 and with the plain xp code, against the same network in PyTorch eager (``conv_torch_model``),
 interleaved, same threads, and reports the share of a (fused) minivae epoch spent in im2col / col2im
 (from cProfile of one more pass).
+
+``--floors`` times the parts of a step of the default MLP and of the conv VAE (numpy float32, fused)
+where they run, and each step's floor: its matrix products at their best rates, plus the optimizer's
+update and the likelihood kernel each timed alone, against the targets of issue 25 (the MLP step at
+<= 1.25x GEMM-only, the conv step at <= 0.8x PyTorch's): how much time a target leaves for all the
+rest (epoch_bench/floors.py).
 
 The code is cut into the modules of benchmarks/epoch_bench/ (its ``__init__`` lists them); this
 script holds the command line: the thread count, the flags and ``main``.
@@ -85,6 +92,7 @@ import numpy as np  # noqa: E402
 from epoch_bench import INPUT_DIM, N_SAMPLES  # noqa: E402
 from epoch_bench.cli_runs import time_cli_epochs, time_startup  # noqa: E402
 from epoch_bench.conv import run_conv  # noqa: E402
+from epoch_bench.floors import run_floors  # noqa: E402
 from epoch_bench.gemm import best_peaks, epoch_gemm_flops, measure_peaks  # noqa: E402
 from epoch_bench.machine import load_average, machine_info, warn_about_forced_blas_kernels  # noqa: E402
 from epoch_bench.report import add_ratios, peaks_table, results_table, warn_if_noisy, write_json  # noqa: E402
@@ -122,6 +130,9 @@ def parse_args(argv=None):
                         help="with --cli: the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist)")
     parser.add_argument("--startup", action="store_true",
                         help="only time start-up to the first training step: plain, fused compiling, fused cached")
+    parser.add_argument("--floors", action="store_true",
+                        help="only time the parts of an MLP and a conv VAE step and print each step's floor: its "
+                             "products at their best rates + the update + the likelihood, against the target")
     parser.add_argument("--architecture", choices=("mlp", "conv"), default="mlp",
                         help="conv: only the conv VAE rows, minivae numpy float32 against PyTorch (default: mlp)")
     args = parser.parse_args(argv)
@@ -155,6 +166,9 @@ def main(argv=None):
           f"load average {load_average()} (anything else running skews the timings)")
     if args.architecture == "conv":
         run_conv(host_x, args)
+        return 0
+    if args.floors:
+        run_floors(host_x, args, info["torch"] is not None)
         return 0
     changed = info["minivae_files_changed"]
     print(f"minivae at {info['minivae_git']}, " + (f"with uncommitted changes in {' '.join(changed)}"

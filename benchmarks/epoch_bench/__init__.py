@@ -6,6 +6,7 @@
   timing.py     epoch timing: one Bench per row, interleaved rounds, the cProfile of an epoch
   conv.py       the conv VAE rows against the same network in PyTorch
   cli_runs.py   whole ``python -m minivae.train`` epochs and start-up, each in a new process
+  floors.py     the parts of an MLP and a conv VAE step, timed where they run, and each step's floor
 
 Import it only from bench_epoch.py, after that script has set the thread count and imported minivae:
 these modules import NumPy, and OpenBLAS reads its thread settings when NumPy is first imported.
