@@ -22,6 +22,7 @@ import numpy as np
 
 from minivae.backend import get_backend
 from minivae.conv import Conv2d, ConvTranspose2d
+from minivae.kernels.conv_cpu import ConvKernels
 from minivae.model import VAE
 from minivae.optim import Adam
 
@@ -62,9 +63,9 @@ class PartTimers:
 
 def paired_rounds(epoch, slices, reference, repeats, timers):
     """``repeats`` rounds, each one pass of ``epoch(slices)`` then one measurement of ``reference()``
-    (seconds per step), so that a slow spell of a shared machine falls on both. Returns the round
-    with the median ratio: (step seconds, reference seconds, each timed part's seconds per step),
-    and every round's (step, reference)."""
+    (seconds per step), so that a slow spell of a shared machine falls on both; prints every round.
+    Returns the round with the median ratio: (step seconds, reference seconds, each timed part's
+    seconds per step)."""
     rounds = []
     for _ in range(repeats):
         timers.reset()
@@ -95,10 +96,6 @@ def best_product_seconds(a, b, chunks=(None,)):
     return best
 
 
-def _rand(rng, *shape):
-    return rng.random(shape, dtype=np.float32)
-
-
 def conv_products(batch, rng):
     """The matrix products of one conv VAE training step (minivae/conv.py, 28x28, channels 32 and 64)
     as (name, a, b, row chunks), with a transposed view where the layer takes one: per convolution
@@ -108,9 +105,8 @@ def conv_products(batch, rng):
     (height, width), (c1, c2) = IMAGE_SHAPE, CONV_CHANNELS
     taps, features = 16, c2 * (height // 4) * (width // 4)
     p14, p7 = batch * (height // 2) * (width // 2), batch * (height // 4) * (width // 4)
-    chunk14 = (2 << 20) // ((height // 2) * (width // 2) * taps * 4) * (height // 2) * (width // 2)
-    chunk7 = (2 << 20) // ((height // 4) * (width // 4) * taps * c1 * 4) * (height // 4) * (width // 4)
-    r = lambda *shape: _rand(rng, *shape)  # noqa: E731
+    chunk14, chunk7 = (_chunk_rows(pixels // batch, taps * channels) for pixels, channels in ((p14, 1), (p7, c1)))
+    r = lambda *shape: rng.random(shape, dtype=np.float32)  # noqa: E731
     return [
         ("conv 1 -> 32: y", r(p14, taps), r(taps, c1), (None, chunk14)),
         ("conv 1 -> 32: dW", r(p14, taps).T, r(p14, c1), (None,)),
@@ -130,6 +126,12 @@ def conv_products(batch, rng):
         ("transpose conv 32 -> 1: dx", r(p14, taps), r(taps, c1), (None, chunk14)),
         ("transpose conv 32 -> 1: dW", r(p14, taps).T, r(p14, c1), (None,)),
     ]
+
+
+def _chunk_rows(pixels, columns):
+    """The rows of a chunk of the fused conv layers (``ConvKernels._chunks``): the images whose
+    float32 columns (``pixels`` rows of ``columns`` values each) fill about ``chunk_bytes``."""
+    return max(1, ConvKernels.chunk_bytes // (pixels * columns * 4)) * pixels
 
 
 def hot_update_seconds(optimizer):
