@@ -168,7 +168,9 @@ def main(argv=None):
         run_conv(host_x, args)
         return 0
     if args.floors:
-        run_floors(host_x, args, info["torch"] is not None)
+        rows = run_floors(host_x, args, info["torch"] is not None)
+        if args.json:
+            write_json(args.json, info, args, {}, rows)
         return 0
     changed = info["minivae_files_changed"]
     print(f"minivae at {info['minivae_git']}, " + (f"with uncommitted changes in {' '.join(changed)}"

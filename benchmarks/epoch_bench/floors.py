@@ -105,7 +105,7 @@ def conv_products(batch, rng):
     (height, width), (c1, c2) = IMAGE_SHAPE, CONV_CHANNELS
     taps, features = 16, c2 * (height // 4) * (width // 4)
     p14, p7 = batch * (height // 2) * (width // 2), batch * (height // 4) * (width // 4)
-    chunk14, chunk7 = (_chunk_rows(pixels // batch, taps * channels) for pixels, channels in ((p14, 1), (p7, c1)))
+    chunk14, chunk7 = _chunk_rows(p14 // batch, taps), _chunk_rows(p7 // batch, taps * c1)
     r = lambda *shape: rng.random(shape, dtype=np.float32)  # noqa: E731
     return [
         ("conv 1 -> 32: y", r(p14, taps), r(taps, c1), (None, chunk14)),
@@ -143,7 +143,8 @@ def hot_likelihood_seconds(model, backend, batch, rng):
     """The likelihood kernel (NLL and its gradient) on one batch of logits alone, best of rounds."""
     logits = backend.to_device(rng.standard_normal((batch, INPUT_DIM)).astype(np.float32))
     x = backend.to_device(rng.random((batch, INPUT_DIM), dtype=np.float32))
-    return seconds_per_call(lambda: model.likelihood.nll_and_grad(logits, x), lambda: None, min_seconds=0.3, rounds=5)
+    return seconds_per_call(lambda: model.likelihood.nll_and_grad(logits, x), lambda: None,
+                            min_seconds=0.3, rounds=5)
 
 
 def floor_report(title, step, parts, reference_name, reference, target, products, update, likelihood):
@@ -159,8 +160,8 @@ def floor_report(title, step, parts, reference_name, reference, target, products
     print(f"floor: products at their best rates {1e3 * products:.2f} ms + update alone {1e3 * update:.3f} ms "
           f"+ likelihood alone {1e3 * likelihood:.3f} ms = {1e3 * floor:.2f} ms = {floor / reference:.2f}x "
           f"{reference_name}")
-    print(f"target <= {target}x {reference_name} = {1e3 * budget:.2f} ms: it leaves {1e3 * (budget - floor):.2f} ms "
-          f"for everything else, which takes {1e3 * (step - floor):.2f} ms now")
+    print(f"target <= {target}x {reference_name} = {1e3 * budget:.2f} ms: it leaves "
+          f"{1e3 * (budget - floor):.2f} ms for everything else, which takes {1e3 * (step - floor):.2f} ms now")
     return {"model": title, "step_ms": 1e3 * step, "reference": reference_name, "reference_ms": 1e3 * reference,
             "ratio": step / reference, "floor_ms": 1e3 * floor, "floor_ratio": floor / reference,
             "target": target, "budget_left_ms": 1e3 * (budget - floor), "rest_now_ms": 1e3 * (step - floor),
@@ -189,8 +190,8 @@ def mlp_floor(host_x, args, batch):
             np.matmul(a, b, out=out)
 
     print(f"\nMLP, batch {batch}:")
-    step, gemm_only, parts = paired_rounds(epoch, slices, lambda: seconds_per_call(products, lambda: None, 0.3, 5),
-                                           args.repeats, timers)
+    gemm_only_per_step = lambda: seconds_per_call(products, lambda: None, 0.3, 5)  # noqa: E731
+    step, gemm_only, parts = paired_rounds(epoch, slices, gemm_only_per_step, args.repeats, timers)
     rng = np.random.default_rng(args.seed)
     return floor_report(f"MLP, batch {batch}", step, parts, "GEMM-only", gemm_only, MLP_TARGET, gemm_only,
                         hot_update_seconds(optimizer), hot_likelihood_seconds(model, backend, batch, rng))

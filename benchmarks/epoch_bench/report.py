@@ -75,6 +75,8 @@ def warn_if_noisy(rows, tolerance=0.10, busy_cores=0.05):
 
 
 def write_json(path, info, args, peaks, rows):
+    """The run as JSON at ``path``: the machine, the settings, the GEMM peaks (none for ``--floors``)
+    and every row."""
     result = {"machine": info, "settings": {"n_samples": N_SAMPLES, "layer_sizes": LAYER_SIZES,
                                             "epoch_gemm_flops": epoch_gemm_flops(N_SAMPLES),
                                             "epochs_fraction": args.epochs_fraction, "repeats": args.repeats,
