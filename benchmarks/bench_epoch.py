@@ -139,6 +139,8 @@ def parse_args(argv=None):
     args.batch_size = args.batch_size or [128]
     if not 0 < args.epochs_fraction <= 1:
         parser.error("--epochs-fraction must be in (0, 1]")
+    if args.floors and args.architecture == "conv":
+        parser.error("--floors times the MLP and the conv VAE both: drop --architecture conv")
     if args.repeats < 1 or min(args.batch_size) < 1 or args.warmup_steps < 1:
         parser.error("--repeats, --batch-size and --warmup-steps must be >= 1")
     return args
@@ -167,14 +169,14 @@ def main(argv=None):
     if args.architecture == "conv":
         run_conv(host_x, args)
         return 0
+    changed = info["minivae_files_changed"]
+    print(f"minivae at {info['minivae_git']}, " + (f"with uncommitted changes in {' '.join(changed)}"
+                                                  if changed else "no uncommitted changes in minivae/"))
     if args.floors:
         rows = run_floors(host_x, args, info["torch"] is not None)
         if args.json:
             write_json(args.json, info, args, {}, rows)
         return 0
-    changed = info["minivae_files_changed"]
-    print(f"minivae at {info['minivae_git']}, " + (f"with uncommitted changes in {' '.join(changed)}"
-                                                  if changed else "no uncommitted changes in minivae/"))
     runs = plan_runs([b.strip() for b in args.backends.split(",") if b.strip()], args.batch_size,
                      info["torch"] is not None)
     flops = epoch_gemm_flops(N_SAMPLES)

@@ -5,15 +5,18 @@ GEMM-only time) and the conv VAE's (a step <= 0.8x PyTorch's, measured in the sa
 Each part of the step is timed where it runs, by a timer around its call (about a microsecond a
 call: cProfile's per-function cost would inflate the small parts). The **floor** of a step is
 
-    its matrix products, each at the best rate measured for its shape (for the conv layers: whole,
-    or in the chunks of images the fused layers use), back to back
+    its matrix products: for the MLP, GEMM-only (the step's products back to back, the round's
+    measurement); for the conv VAE, the sum of each product timed alone in a loop, the best of 10
+    rounds, whole or in the chunks of images the fused layers use (``conv_products``)
   + the optimizer's update, timed alone (its moments and gradients hot in cache)
   + the likelihood kernel on one batch, timed alone,
 
 and nothing else: the reparameterization, the KL, the ReLU and bias passes, im2col and col2im, the
-layout copies, the batch gather and Python all count as free. A step that keeps these operations on
-NumPy's BLAS cannot run below its floor on this machine; the target's budget less the floor is what
-it leaves for all the rest, set against what the rest takes now.
+layout copies, the batch gather, Python, and the products' own slowdown inside a step (other data in
+the caches, BLAS threads waking) all count as free. It is the floor as measured in the run: the best
+of a few rounds, so a slow spell can raise a product's time, and a longer run can find faster
+rates. The target's budget less the floor is what the target leaves for all the rest, set against
+what the rest takes now.
 """
 
 import time
@@ -84,15 +87,14 @@ def best_product_seconds(a, b, chunks=(None,)):
     ``chunks`` (None: whole), one product per block into a preallocated output."""
     out = np.empty((a.shape[0], b.shape[1]), a.dtype)
     best = float("inf")
-    for rows in chunks:
-        rows = rows or a.shape[0]
+    for rows in dict.fromkeys(min(rows or a.shape[0], a.shape[0]) for rows in chunks):  # a chunk >= M: whole
         edges = [(start, min(start + rows, a.shape[0])) for start in range(0, a.shape[0], rows)]
 
         def product():
             for start, stop in edges:
                 np.matmul(a[start:stop], b, out=out[start:stop])
 
-        best = min(best, seconds_per_call(product, lambda: None, min_seconds=0.3, rounds=5))
+        best = min(best, seconds_per_call(product, lambda: None))  # 10 rounds of 0.1 s, as the GEMM probe
     return best
 
 
@@ -108,7 +110,7 @@ def conv_products(batch, rng):
     chunk14, chunk7 = _chunk_rows(p14 // batch, taps), _chunk_rows(p7 // batch, taps * c1)
     r = lambda *shape: rng.random(shape, dtype=np.float32)  # noqa: E731
     return [
-        ("conv 1 -> 32: y", r(p14, taps), r(taps, c1), (None, chunk14)),
+        ("conv 1 -> 32: y", r(p14, taps), r(c1, taps).T, (None, chunk14)),  # W_mat of one channel: F-ordered
         ("conv 1 -> 32: dW", r(p14, taps).T, r(p14, c1), (None,)),
         ("conv 32 -> 64: y", r(p7, taps * c1), r(taps * c1, c2), (None, chunk7)),
         ("conv 32 -> 64: dW", r(p7, c2).T, r(p7, taps * c1), (None,)),
@@ -122,8 +124,8 @@ def conv_products(batch, rng):
         ("transpose conv 64 -> 32: y", r(p7, c2), r(taps * c1, c2).T, (None, chunk7)),
         ("transpose conv 64 -> 32: dx", r(p7, taps * c1), r(taps * c1, c2), (None, chunk7)),
         ("transpose conv 64 -> 32: dW", r(p7, c2).T, r(p7, taps * c1), (None,)),
-        ("transpose conv 32 -> 1: y", r(p14, c1), r(taps, c1).T, (None, chunk14)),
-        ("transpose conv 32 -> 1: dx", r(p14, taps), r(taps, c1), (None, chunk14)),
+        ("transpose conv 32 -> 1: y", r(p14, c1), r(c1, taps), (None, chunk14)),
+        ("transpose conv 32 -> 1: dx", r(p14, taps), r(c1, taps).T, (None, chunk14)),
         ("transpose conv 32 -> 1: dW", r(p14, taps).T, r(p14, c1), (None,)),
     ]
 
@@ -134,20 +136,22 @@ def _chunk_rows(pixels, columns):
     return max(1, ConvKernels.chunk_bytes // (pixels * columns * 4)) * pixels
 
 
-def hot_update_seconds(optimizer):
-    """The optimizer's update alone, repeated (its arrays hot in cache), best of rounds."""
-    return seconds_per_call(optimizer.step, lambda: None, min_seconds=0.3, rounds=5)
+def hot_update_seconds(update):
+    """The optimizer's update (``optimizer.step``, unwrapped) alone, repeated: its arrays hot in
+    cache; best of rounds. It goes on training the model, which is not timed again afterwards."""
+    return seconds_per_call(update, lambda: None, min_seconds=0.3, rounds=5)
 
 
-def hot_likelihood_seconds(model, backend, batch, rng):
-    """The likelihood kernel (NLL and its gradient) on one batch of logits alone, best of rounds."""
+def hot_likelihood_seconds(nll_and_grad, backend, batch, rng):
+    """The likelihood kernel (``likelihood.nll_and_grad``, unwrapped) on one batch of logits alone,
+    best of rounds."""
     logits = backend.to_device(rng.standard_normal((batch, INPUT_DIM)).astype(np.float32))
     x = backend.to_device(rng.random((batch, INPUT_DIM), dtype=np.float32))
-    return seconds_per_call(lambda: model.likelihood.nll_and_grad(logits, x), lambda: None,
-                            min_seconds=0.3, rounds=5)
+    return seconds_per_call(lambda: nll_and_grad(logits, x), lambda: None, min_seconds=0.3, rounds=5)
 
 
-def floor_report(title, step, parts, reference_name, reference, target, products, update, likelihood):
+def floor_report(title, step, parts, reference_name, reference, target, products, update, likelihood,
+                 products_how):
     """Print one model's table: the step's parts, the floor, the target's budget; returns the row."""
     floor = products + update + likelihood
     budget = target * reference
@@ -157,7 +161,7 @@ def floor_report(title, step, parts, reference_name, reference, target, products
     print(f"\n{title}: a step takes {1e3 * step:.2f} ms = {step / reference:.2f}x {reference_name} "
           f"({1e3 * reference:.2f} ms); parts, ms per step, timed in the step:")
     print(markdown_table(["part", "ms", "share"], rows))
-    print(f"floor: products at their best rates {1e3 * products:.2f} ms + update alone {1e3 * update:.3f} ms "
+    print(f"floor: products {products_how} {1e3 * products:.2f} ms + update alone {1e3 * update:.3f} ms "
           f"+ likelihood alone {1e3 * likelihood:.3f} ms = {1e3 * floor:.2f} ms = {floor / reference:.2f}x "
           f"{reference_name}")
     print(f"target <= {target}x {reference_name} = {1e3 * budget:.2f} ms: it leaves "
@@ -178,6 +182,7 @@ def mlp_floor(host_x, args, batch):
     for label, obj in (("encoder", model.encoder), ("decoder", model.decoder)):
         timers.wrap(obj, "forward", f"{label} forward (products, bias + ReLU)")
         timers.wrap(obj, "backward", f"{label} backward (products, ReLU mask + bias sums)")
+    update, nll_and_grad = optimizer.step, model.likelihood.nll_and_grad  # unwrapped, for the floor
     timers.wrap(optimizer, "step", "Adam update")
     timers.wrap(model.likelihood, "nll_and_grad", "Bernoulli NLL and gradient")
     slices, _ = batch_slices(N_SAMPLES, batch, args.epochs_fraction)
@@ -194,7 +199,8 @@ def mlp_floor(host_x, args, batch):
     step, gemm_only, parts = paired_rounds(epoch, slices, gemm_only_per_step, args.repeats, timers)
     rng = np.random.default_rng(args.seed)
     return floor_report(f"MLP, batch {batch}", step, parts, "GEMM-only", gemm_only, MLP_TARGET, gemm_only,
-                        hot_update_seconds(optimizer), hot_likelihood_seconds(model, backend, batch, rng))
+                        hot_update_seconds(update), hot_likelihood_seconds(nll_and_grad, backend, batch, rng),
+                        "back to back (GEMM-only)")
 
 
 def conv_floor(host_x, args, batch):
@@ -216,6 +222,7 @@ def conv_floor(host_x, args, batch):
             label = f"{type(layer).__name__} {layer.in_channels} -> {layer.out_channels}"
             timers.wrap(layer, "forward", label + " forward")
             timers.wrap(layer, "backward", label + " backward")
+    update, nll_and_grad = optimizer.step, model.likelihood.nll_and_grad  # unwrapped, for the floor
     timers.wrap(optimizer, "step", "Adam update")
     timers.wrap(model.likelihood, "nll_and_grad", "Bernoulli NLL and gradient")
     slices, _ = batch_slices(N_SAMPLES, batch, args.epochs_fraction)
@@ -242,7 +249,8 @@ def conv_floor(host_x, args, batch):
     print("\nthe conv VAE's products, each at its best rate (whole or in the fused layers' chunks):")
     print(markdown_table(["product", "M x K x N", "ms", "GFLOP/s"], rates))
     return floor_report(f"conv VAE, batch {batch}", step, parts, "PyTorch", torch_step, CONV_TARGET, products,
-                        hot_update_seconds(optimizer), hot_likelihood_seconds(model, backend, batch, rng))
+                        hot_update_seconds(update), hot_likelihood_seconds(nll_and_grad, backend, batch, rng),
+                        "each at its best rate")
 
 
 def run_floors(host_x, args, has_torch):
