@@ -7,7 +7,8 @@ call: cProfile's per-function cost would inflate the small parts). The **floor**
 
     its matrix products: for the MLP, GEMM-only (the step's products back to back, the round's
     measurement); for the conv VAE, the sum of each product timed alone in a loop, the best of 10
-    rounds, whole or in the chunks of images the fused layers use (``conv_products``)
+    rounds, whole or in the chunks of images the fused layers use (``conv_products``), a weight
+    gradient in whichever orientation runs faster
   + the optimizer's update, timed alone (its moments and gradients hot in cache)
   + the likelihood kernel on one batch, timed alone,
 
@@ -243,10 +244,13 @@ def conv_floor(host_x, args, batch):
     rates = []
     for name, a, b, chunks in conv_products(batch, rng):
         seconds = best_product_seconds(a, b, chunks)
+        if name.endswith("dW"):  # a weight gradient may be taken either way round: dW_mat^T = b^T a^T
+            seconds = min(seconds, best_product_seconds(b.T, a.T))
         products += seconds
         rates.append([name, f"{a.shape[0]} x {a.shape[1]} x {b.shape[1]}", f"{1e3 * seconds:.3f}",
                       f"{2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds / 1e9:.0f}"])
-    print("\nthe conv VAE's products, each at its best rate (whole or in the fused layers' chunks):")
+    print("\nthe conv VAE's products, each at its best rate (whole or in the fused layers' chunks; a weight "
+          "gradient either way round):")
     print(markdown_table(["product", "M x K x N", "ms", "GFLOP/s"], rates))
     return floor_report(f"conv VAE, batch {batch}", step, parts, "PyTorch", torch_step, CONV_TARGET, products,
                         hot_update_seconds(update), hot_likelihood_seconds(nll_and_grad, backend, batch, rng),
