@@ -31,11 +31,11 @@ from minivae.model import VAE
 from minivae.optim import Adam
 
 from . import HIDDEN, INPUT_DIM, LATENT, N_SAMPLES
-from .conv import CONV_CHANNELS, IMAGE_SHAPE, conv_torch_loss, conv_torch_model, conv_vae
-from .gemm import seconds_per_call, step_gemms
+from .conv import CONV_CHANNELS, IMAGE_SHAPE, conv_vae, setup_conv
+from .gemm import back_to_back, seconds_per_call, step_gemms
 from .machine import load_average
 from .report import markdown_table
-from .timing import batch_slices, minivae_epoch, torch_epoch
+from .timing import batch_slices, minivae_epoch
 
 MLP_TARGET = 1.25  # a step's time / GEMM-only
 CONV_TARGET = 0.8  # a step's time / PyTorch's
@@ -60,6 +60,14 @@ class PartTimers:
                 self.seconds[label] += time.perf_counter() - start
 
         setattr(obj, method, timed)
+
+    def wrap_update_and_likelihood(self, optimizer, model):
+        """Timers around ``optimizer.step`` and the Bernoulli ``model.likelihood.nll_and_grad``;
+        returns the two unwrapped, for timing them alone."""
+        update, nll_and_grad = optimizer.step, model.likelihood.nll_and_grad
+        self.wrap(optimizer, "step", "Adam update")
+        self.wrap(model.likelihood, "nll_and_grad", "Bernoulli NLL and gradient")
+        return update, nll_and_grad
 
     def reset(self):
         self.seconds = dict.fromkeys(self.seconds, 0.0)
@@ -183,18 +191,11 @@ def mlp_floor(host_x, args, batch):
     for label, obj in (("encoder", model.encoder), ("decoder", model.decoder)):
         timers.wrap(obj, "forward", f"{label} forward (products, bias + ReLU)")
         timers.wrap(obj, "backward", f"{label} backward (products, ReLU mask + bias sums)")
-    update, nll_and_grad = optimizer.step, model.likelihood.nll_and_grad  # unwrapped, for the floor
-    timers.wrap(optimizer, "step", "Adam update")
-    timers.wrap(model.likelihood, "nll_and_grad", "Bernoulli NLL and gradient")
+    update, nll_and_grad = timers.wrap_update_and_likelihood(optimizer, model)
     slices, _ = batch_slices(N_SAMPLES, batch, args.epochs_fraction)
     epoch = lambda s: minivae_epoch(model, optimizer, backend, x, s)  # noqa: E731
     epoch(slices[:args.warmup_steps])
-    gemms = step_gemms(np, np.float32, batch)
-
-    def products():
-        for a, b, out in gemms:
-            np.matmul(a, b, out=out)
-
+    products = back_to_back(np, step_gemms(np, np.float32, batch))
     print(f"\nMLP, batch {batch}:")
     gemm_only_per_step = lambda: seconds_per_call(products, lambda: None, 0.3, 5)  # noqa: E731
     step, gemm_only, parts = paired_rounds(epoch, slices, gemm_only_per_step, args.repeats, timers)
@@ -206,13 +207,7 @@ def mlp_floor(host_x, args, batch):
 
 def conv_floor(host_x, args, batch):
     """The conv VAE at ``batch``: its fused numpy float32 step against PyTorch's, in paired rounds."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    torch_model = conv_torch_model(torch)
-    torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=1e-3)
-    torch_x, torch_loss = torch.from_numpy(host_x), conv_torch_loss(torch)
+    torch_bench = setup_conv("torch", batch, host_x, args)  # warmed up, its slices those below
     backend = get_backend("numpy", dtype="float32", seed=args.seed)
     model = conv_vae(backend)
     optimizer = Adam(model.parameters(), lr=1e-3)
@@ -223,19 +218,15 @@ def conv_floor(host_x, args, batch):
             label = f"{type(layer).__name__} {layer.in_channels} -> {layer.out_channels}"
             timers.wrap(layer, "forward", label + " forward")
             timers.wrap(layer, "backward", label + " backward")
-    update, nll_and_grad = optimizer.step, model.likelihood.nll_and_grad  # unwrapped, for the floor
-    timers.wrap(optimizer, "step", "Adam update")
-    timers.wrap(model.likelihood, "nll_and_grad", "Bernoulli NLL and gradient")
+    update, nll_and_grad = timers.wrap_update_and_likelihood(optimizer, model)
     slices, _ = batch_slices(N_SAMPLES, batch, args.epochs_fraction)
     ours = lambda s: minivae_epoch(model, optimizer, backend, x, s)  # noqa: E731
-    theirs = lambda s: torch_epoch(torch_model, torch_optimizer, torch_x, s, torch, torch_loss)  # noqa: E731
     ours(slices[:args.warmup_steps])
-    theirs(slices[:args.warmup_steps])
 
     def torch_seconds_per_step():
         start = time.perf_counter()
-        theirs(slices)
-        return (time.perf_counter() - start) / len(slices)
+        torch_bench.epoch(torch_bench.slices)
+        return (time.perf_counter() - start) / len(torch_bench.slices)
 
     print(f"\nconv VAE, batch {batch} (reference: PyTorch's step):")
     step, torch_step, parts = paired_rounds(ours, slices, torch_seconds_per_step, args.repeats, timers)

@@ -56,6 +56,15 @@ def step_gemms(xp, dtype, batch, layer_sizes=LAYER_SIZES, seed=0):
     return gemms
 
 
+def back_to_back(xp, gemms):
+    """A callable running the products of ``step_gemms`` one after the other, each into its output."""
+    def step():
+        for a, b, out in gemms:
+            xp.matmul(a, b, out=out)
+
+    return step
+
+
 # ------------------------------------------------------------------------- GEMM peak measurement
 
 def seconds_per_call(fn, sync, min_seconds=1.0, rounds=10):
@@ -92,14 +101,8 @@ def gemm_rates(xp, dtype, batch_sizes, sync):
     square = 2 * SQUARE ** 3 / seconds_per_call(lambda: xp.matmul(a, b, out=out), sync) / 1e9
     model_shapes = {}
     for batch in batch_sizes:
-        gemms = step_gemms(xp, dtype, batch)
         flops = epoch_gemm_flops(batch)
-
-        def step():
-            for x, w, y in gemms:
-                xp.matmul(x, w, out=y)
-
-        model_shapes[batch] = flops / seconds_per_call(step, sync) / 1e9
+        model_shapes[batch] = flops / seconds_per_call(back_to_back(xp, step_gemms(xp, dtype, batch)), sync) / 1e9
     return {"square_2048": square, "model_shapes": model_shapes}
 
 
